@@ -1,0 +1,83 @@
+"""Step 4 of the method: the hybrid graph over the non-pivot tokens.
+
+Two tokens i != j are joined iff ``(1 - w) * S_sem(i, j) + w * S_spat(i, j) > theta``, where
+``S_sem`` is the cosine similarity of their features and ``S_spat`` is 1 when they lie in the same
+view within Chebyshev distance ``rho`` (:func:`d2pruner.spec.is_edge`,
+:func:`d2pruner.spec.spatially_adjacent`). With ``w = 0`` the graph is purely semantic.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+
+from d2pruner.spec import NORM_EPS, D2PrunerConfig, TokenLayout, is_edge, spatially_adjacent
+
+__all__ = ["cosine_similarity", "hybrid_graph"]
+
+
+def cosine_similarity(features):
+    """Pairwise cosine similarity of the rows of ``features`` in float64.
+
+    Norms are clamped at :data:`d2pruner.spec.NORM_EPS`, so a zero row has similarity 0 with all.
+
+    Parameters
+    ----------
+    features : array-like of float, shape (N, D)
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (N, N)
+
+    Examples
+    --------
+    >>> cosine_similarity([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]).round(4).tolist()
+    [[1.0, 0.7071, 0.0], [0.7071, 1.0, 0.0], [0.0, 0.0, 0.0]]
+    """
+    f = np.asarray(features, dtype=np.float64)
+    norms = np.maximum(np.linalg.norm(f, axis=1, keepdims=True), NORM_EPS)
+    unit = f / norms
+    return unit @ unit.T
+
+
+def hybrid_graph(features, layout: TokenLayout, config: D2PrunerConfig = D2PrunerConfig(), nodes=None):
+    """The hybrid similarity graph of one item as a networkx graph.
+
+    Parameters
+    ----------
+    features : array-like of float, shape (N, D)
+        Visual hidden states entering layer K.
+    layout : TokenLayout
+        Position of each of the N tokens.
+    config : D2PrunerConfig
+        Supplies ``sim_threshold``, ``spatial_weight`` and ``spatial_radius``.
+    nodes : iterable of int, optional
+        The tokens that are graph nodes (default: all N). Edges join nodes only.
+
+    Returns
+    -------
+    networkx.Graph
+        Nodes are token indices; each edge carries ``cosine`` and ``adjacent`` attributes.
+
+    Examples
+    --------
+    Three tokens in a row, the first two identical, the third orthogonal:
+
+    >>> feats = [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
+    >>> sorted(hybrid_graph(feats, TokenLayout.grid(1, 3)).edges())
+    [(0, 1)]
+    >>> cfg = D2PrunerConfig(spatial_weight=0.5, sim_threshold=0.4)  # neighbours with cos > -0.2
+    >>> sorted(hybrid_graph(feats, TokenLayout.grid(1, 3), cfg).edges())
+    [(0, 1), (1, 2)]
+    """
+    sem = cosine_similarity(features)
+    nodes = list(range(sem.shape[0])) if nodes is None else [int(i) for i in nodes]
+    graph = nx.Graph()
+    graph.add_nodes_from(nodes)
+    for a, i in enumerate(nodes):
+        for j in nodes[a + 1 :]:
+            adjacent = bool(spatially_adjacent(layout.view[i], layout.row[i], layout.col[i],
+                                               layout.view[j], layout.row[j], layout.col[j], config.spatial_radius))
+            if is_edge(sem[i, j], float(adjacent), config):
+                graph.add_edge(i, j, cosine=float(sem[i, j]), adjacent=adjacent)
+    return graph

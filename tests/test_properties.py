@@ -1,0 +1,164 @@
+"""The properties of the method specification, on both backends (Hypothesis)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
+
+from d2pruner.spec import D2PrunerConfig, Role, TokenLayout
+from d2pruner.testing import SelectionCase, batches, selection_cases
+from conftest import DEVICES
+from helpers import BACKENDS, adjacency, n_pivots, ranks, run, run_fast_batch, run_reference
+
+# Counterexamples found while developing, pinned (see each comment).
+_TIE_CASE = SelectionCase(  # all scores tied: order must fall back to the index
+    np.full(4, 0.25), None, np.eye(4), TokenLayout.grid(2, 2), 3, D2PrunerConfig())
+_DENSE_CASE = SelectionCase(  # complete graph: one MIS member, the rest top-up
+    np.array([0.5, 0.25, 0.125, 0.0625, 0.0, 0.0]), None, np.ones((6, 2)), TokenLayout.grid(2, 3), 6,
+    D2PrunerConfig(pivot_ratio=0.5))
+_BLOCK_CASE = SelectionCase(  # pivots blocking their spatial neighbours
+    np.linspace(1.0, 0.125, 9), None, np.ones((9, 1)), TokenLayout.grid(3, 3), 4,
+    D2PrunerConfig(spatial_weight=0.5, pivot_ratio=0.25, pivots_block_neighbours=True))
+_NEG_ZERO_CASE = SelectionCase(  # -0.0 ties with 0.0
+    np.array([0.0, -0.0, 0.0]), None, np.eye(3), TokenLayout.grid(1, 3), 2, D2PrunerConfig())
+
+PINNED = (_TIE_CASE, _DENSE_CASE, _BLOCK_CASE, _NEG_ZERO_CASE)
+
+
+def pin(test=None, **extra):
+    """Add every pinned case as an ``@example`` (``extra``: values for the test's other arguments)."""
+    def decorate(t):
+        for case in PINNED:
+            t = example(case=case, **extra)(t)
+        return t
+    return decorate(test) if test is not None else decorate
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(case=selection_cases())
+@pin
+def test_exact_budget(backend, case):
+    sel = run(backend, case)
+    assert len(sel) == case.n_keep
+    assert np.all(np.diff(sel.kept) > 0), "kept indices must be unique and ascending"
+    assert sel.kept.min() >= 0 and sel.kept.max() < case.n_tokens
+    counts = sel.counts()
+    assert counts["pivot"] == n_pivots(case)
+    assert counts["mis"] + counts["topup"] == case.n_keep - n_pivots(case)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(case=selection_cases())
+@pin
+def test_pivot_retention(backend, case):
+    sel = run(backend, case)
+    top = np.sort(ranks(case)[: n_pivots(case)])
+    np.testing.assert_array_equal(sel.indices(Role.PIVOT), top)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(case=selection_cases())
+@pin
+def test_independence(backend, case):
+    sel = run(backend, case)
+    adj = adjacency(case)
+    mis = sel.indices(Role.MIS)
+    assert not adj[np.ix_(mis, mis)].any(), "two MIS tokens are adjacent"
+    if case.config.pivots_block_neighbours:
+        assert not adj[np.ix_(mis, sel.indices(Role.PIVOT))].any(), "an MIS token is adjacent to a pivot"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(case=selection_cases())
+@pin
+def test_maximality_or_lfmis_prefix(backend, case):
+    """With top-up the MIS is maximal; without, it is the rank-order prefix of the LFMIS.
+
+    LFMIS characterisation: a candidate ranked before the last MIS member is left out iff an MIS
+    member ranked before it (or, when pivots block, a pivot) is its neighbour.
+    """
+    sel = run(backend, case)
+    adj = adjacency(case)
+    order = ranks(case)
+    position = np.empty(case.n_tokens, dtype=np.int64)
+    position[order] = np.arange(case.n_tokens)
+    pivots, mis = set(sel.indices(Role.PIVOT).tolist()), set(sel.indices(Role.MIS).tolist())
+    blockers = mis | pivots if case.config.pivots_block_neighbours else mis
+    candidates = [int(i) for i in order if i not in pivots]
+    if sel.counts()["topup"]:
+        for i in candidates:
+            if i not in mis:
+                assert any(adj[i, j] for j in blockers), f"token {i} could still join the MIS"
+    else:
+        last = max((position[i] for i in mis), default=-1)
+        for i in candidates:
+            if position[i] < last and i not in mis:
+                earlier = [j for j in blockers if j in pivots or position[j] < position[i]]
+                assert any(adj[i, j] for j in earlier), f"token {i} is skipped without an earlier neighbour in the MIS"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(cases=batches(max_items=3))
+@example(cases=[_TIE_CASE])
+@example(cases=[_DENSE_CASE])
+@example(cases=[_BLOCK_CASE])
+@example(cases=[_NEG_ZERO_CASE])
+def test_reference_equals_fast(device, cases):
+    got, _ = run_fast_batch(cases, device)
+    for i, case in enumerate(cases):
+        want = run_reference(case)
+        assert got[i] == want, f"item {i}: fast {got[i]} != reference {want}"
+
+
+@given(cases=batches(min_items=2, max_items=4))
+def test_batch_invariance(cases):
+    together, _ = run_fast_batch(cases)
+    for i, case in enumerate(cases):
+        alone, _ = run_fast_batch([case])
+        assert together[i] == alone[0], f"item {i} changes with its batch"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(case=selection_cases())
+@pin
+def test_no_edges_is_top_by_rank(backend, case):
+    case = dataclasses.replace(case, config=dataclasses.replace(case.config, spatial_weight=0.0, sim_threshold=1.5))
+    sel = run(backend, case)
+    np.testing.assert_array_equal(sel.kept, np.sort(ranks(case)[: case.n_keep]))
+    assert sel.counts()["topup"] == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(case=selection_cases(), level=st.sampled_from([0.03125, 0.5, 1.0, 3.0]))
+@pin(level=3.0)
+def test_uniform_prior_is_no_prior(backend, case, level):
+    scaled = case.attn / (level + case.config.eps)
+    assume(np.unique(scaled).size == np.unique(case.attn).size)  # division created no new tie
+    with_prior = dataclasses.replace(case, prior=np.full(case.n_tokens, level))
+    without = dataclasses.replace(case, prior=None)
+    assert run(backend, with_prior) == run(backend, without)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(case=selection_cases(), k_attn=st.sampled_from([0.5, 2.0, 8.0]), k_prior=st.sampled_from([0.25, 4.0]))
+@pin(k_attn=8.0, k_prior=0.25)
+def test_positive_scaling_is_invariant(backend, case, k_attn, k_prior):
+    case = dataclasses.replace(case, config=dataclasses.replace(case.config, eps=0.0))  # "eps aside"
+    scaled = dataclasses.replace(case, attn=case.attn * k_attn, prior=None if case.prior is None else case.prior * k_prior)
+    s0 = case.attn if case.prior is None else case.attn / case.prior
+    s1 = scaled.attn if scaled.prior is None else scaled.attn / scaled.prior
+    assume(np.array_equal(np.argsort(s0, kind="stable"), np.argsort(s1, kind="stable")))  # rounding kept the order
+    assume(np.unique(s0).size == np.unique(s1).size)
+    assert run(backend, scaled) == run(backend, case)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(case=selection_cases())
+@pin
+def test_full_budget_keeps_everything(backend, case):
+    case = dataclasses.replace(case, n_keep=case.n_tokens)
+    np.testing.assert_array_equal(run(backend, case).kept, np.arange(case.n_tokens))
