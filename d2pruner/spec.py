@@ -368,6 +368,8 @@ def is_edge(cosine: Any, adjacent: Any, config: D2PrunerConfig) -> Any:
     [False, True]
     """
     w = float(config.spatial_weight)
+    if w == 0.0:
+        return cosine > float(config.sim_threshold)  # identical to the formula: 1.0 * c + 0.0 * a == c
     if type(adjacent).__module__.startswith("torch") and hasattr(cosine, "dtype"):
         adjacent = adjacent.to(cosine.dtype)  # a bool tensor * 1.0 would be float32 and round w
     else:

@@ -97,3 +97,11 @@ def test_layout_rejects():
         TokenLayout.grid(3, 0)
     with pytest.raises(ValueError, match="backend must be one of"):
         select_tokens(GOOD["attn"], GOOD["features"], GOOD["layout"], 2, backend="gpu")
+
+
+def test_float32_norm_overflow_is_named():
+    feats = torch.full((1, 2, 3), 1e30)  # finite in float32, but |x|^2 overflows
+    lay = torch.tensor(TokenLayout.grid(1, 2).as_array())[None]
+    with pytest.raises(ValueError, match=re.escape("features of item 0 are finite but their norm overflows torch.float32")):
+        fast_select(torch.rand(1, 2), None, feats, lay, [1])
+    assert len(fast_select(torch.rand(1, 2), None, feats.double(), lay, [1]).to_list()[0]) == 1

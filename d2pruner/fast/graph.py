@@ -31,10 +31,13 @@ def cosine_similarity(features: torch.Tensor, valid: torch.Tensor | None = None)
     [[[1.0, 0.7071], [0.7071, 1.0]]]
     """
     dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
-    unit = torch.nn.functional.normalize(features.to(dtype), dim=-1, eps=NORM_EPS)  # (B, N, D)
+    x = features.to(dtype)  # (B, N, D); no copy for float32 input
     if valid is not None:
-        unit = unit * valid[..., None]  # (B, N, D): padding rows become 0
-    return torch.bmm(unit, unit.transpose(1, 2))  # (B, N, N)
+        x = x * valid[..., None]  # (B, N, D): padding rows become 0
+    inv = 1.0 / torch.linalg.vector_norm(x, dim=-1).clamp(min=NORM_EPS)  # (B, N)
+    # Gram matrix first, then scale by 1 / (|x_i| |x_j|): one pass over N^2 instead of one over N x D.
+    gram = torch.bmm(x, x.transpose(1, 2))  # (B, N, N)
+    return gram.mul_(inv[:, :, None]).mul_(inv[:, None, :])  # (B, N, N), in place
 
 
 def hybrid_graph(features: torch.Tensor, layout: torch.Tensor, config: D2PrunerConfig = D2PrunerConfig(),

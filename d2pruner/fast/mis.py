@@ -62,49 +62,44 @@ def greedy_mis(graph: torch.Tensor, order: torch.Tensor | None, n_take: torch.Te
     b, n, _ = graph.shape
     device = graph.device
     valid = torch.ones(b, n, dtype=torch.bool, device=device) if valid is None else valid
-    selected = torch.zeros(b, n, dtype=torch.bool, device=device) if selected is None else selected
-    adj = graph.to(torch.float32)  # (B, N, N)
-    blocked = torch.bmm(adj, selected.to(torch.float32)[..., None])[..., 0] > 0  # (B, N): next to a selected node
     if order is None:
-        rank_adj = adj  # (B, M, M), M = N: already in rank order
-        candidate = valid & ~selected  # (B, M)
-        available = candidate & ~blocked
-    else:
-        m = order.shape[1]
-        present = order >= 0  # (B, M)
-        idx = order.clamp(min=0)  # (B, M)
-        rank_adj = adj.gather(1, idx[:, :, None].expand(b, m, n))  # (B, M, N): rows in rank order
-        rank_adj = rank_adj.gather(2, idx[:, None, :].expand(b, m, m))  # (B, M, M): columns too
-        rank_adj = rank_adj * (present[:, :, None] & present[:, None, :])  # (B, M, M)
-        candidate = present & valid.gather(1, idx) & ~selected.gather(1, idx)  # (B, M)
-        available = candidate & ~blocked.gather(1, idx)  # (B, M)
-    m = rank_adj.shape[1]
-    outranking = torch.tril(rank_adj, diagonal=-1)  # (B, M, M): [v, u] = edge and u ranks before v
-    pos = torch.arange(m, device=device)
+        order = torch.arange(n, device=device).expand(b, n).masked_fill(~valid, -1)  # (B, N)
+    m = order.shape[1]
+    present = order >= 0  # (B, M)
+    # rank[b, t]: position of token t in the candidate order, m for tokens that are not candidates.
+    rank = torch.full((b, n + 1), m, dtype=torch.int64, device=device)  # (B, N + 1): column n absorbs padding
+    rank.scatter_(1, torch.where(present, order, n), torch.arange(m, device=device).expand(b, m))
+    rank = rank[:, :n]  # (B, N)
+    candidate = (rank < m) & valid  # (B, N)
+    if selected is not None:
+        candidate &= ~selected
+        candidate &= ~_any_neighbour(graph, selected)  # next to an already-taken node
+    outranking = graph & (rank[:, None, :] < rank[:, :, None])  # (B, N, N): [v, u] = edge and u ranks before v
     n_take = n_take.to(device)
     limit = torch.where(n_take < 0, torch.full_like(n_take, m), n_take)  # (B,)
 
-    undecided = available.clone()  # (B, M)
+    undecided = candidate.clone()  # (B, N)
     joined = torch.zeros_like(undecided)
     rounds = 0
     while True:
-        first_open = torch.where(undecided, pos, m).min(dim=1).values  # (B,) first undecided rank position
-        settled = (joined & (pos < first_open[:, None])).sum(dim=1)  # (B,) members in the decided prefix
+        first_open = torch.where(undecided, rank, m).min(dim=1).values  # (B,) best rank still undecided
+        settled = (joined & (rank < first_open[:, None])).sum(dim=1)  # (B,) members in the decided prefix
         active = (first_open < m) & (settled < limit)  # (B,)
         if not bool(active.any()):  # host sync
             break
         undecided &= active[:, None]
-        u = undecided.to(torch.float32)[..., None]  # (B, M, 1)
-        outranked = torch.bmm(outranking, u)[..., 0] > 0  # (B, M): an undecided neighbour ranks higher
-        joins = undecided & ~outranked  # (B, M)
-        dropped = torch.bmm(rank_adj, joins.to(torch.float32)[..., None])[..., 0] > 0  # (B, M): neighbour joined
+        joins = undecided & ~_any_neighbour(outranking, undecided)  # (B, N): no undecided neighbour ranks higher
         joined |= joins
-        undecided &= ~joins & ~dropped
+        undecided &= ~joins & ~_any_neighbour(graph, joins)
         rounds += 1
-    joined &= torch.cumsum(joined.to(torch.int64), dim=1) <= limit[:, None]  # (B, M): first n_take in rank order
-
-    if order is None:
-        return MISResult(joined, rounds)
-    taken = torch.zeros(b, n + 1, dtype=torch.bool, device=device)  # (B, N + 1): column n absorbs padding
-    taken.scatter_(1, torch.where(present, order, n), joined)  # (B, M) -> (B, N + 1)
+    # Keep the first n_take members in rank order.
+    joined_by_rank = joined.gather(1, order.clamp(min=0)) & present  # (B, M)
+    keep = joined_by_rank & (torch.cumsum(joined_by_rank.to(torch.int64), dim=1) <= limit[:, None])  # (B, M)
+    taken = torch.zeros(b, n + 1, dtype=torch.bool, device=device)  # (B, N + 1)
+    taken.scatter_(1, torch.where(present, order, n), keep)  # (B, M) -> (B, N + 1)
     return MISResult(taken[:, :n], rounds)
+
+
+def _any_neighbour(adj: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(B, N)`` bool: whether each node has a neighbour in ``mask``, for a bool ``(B, N, N)`` adjacency."""
+    return (adj & mask[:, None, :]).any(dim=2)  # (B, N, N) -> (B, N); bool ops, no float copy of the graph

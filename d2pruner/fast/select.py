@@ -1,9 +1,8 @@
 """Steps 1-7, batched: D2Pruner's selection for B items of possibly different N on any device.
 
-The pipeline works in rank space: tokens are ranked once, pivots are a prefix of the ranking, and
-the hybrid graph is built directly over the rank-ordered candidates, so the greedy MIS needs no
-further permutation. Without ``pivots_block_neighbours`` the graph covers only non-pivot tokens,
-which makes it smaller than the full ``N x N`` similarity.
+Tokens are ranked once; pivots are a prefix of the ranking and the MIS candidates the rest of it
+(per item, as budgets differ). The hybrid graph is built over all tokens in token order (one Gram
+matrix) and the greedy MIS reads it in the candidates' rank order.
 
 Shape legend: B items, N padded tokens, M candidates (rank positions after the pivots), D features.
 """
@@ -46,11 +45,6 @@ class BatchSelection:
         return [Selection(k[k >= 0], r[k >= 0]) for k, r in zip(kept, roles)]
 
 
-def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x[b, index[b, m]]`` for x of shape (B, N, C) and index (B, M) -> (B, M, C)."""
-    return x.gather(1, index[:, :, None].expand(-1, -1, x.shape[2]))
-
-
 def validate_batch(attn, prior, features, layout, n_keep, valid) -> list[int]:
     """Check a padded batch; raise ``ValueError`` naming the value and the item. Returns the lengths.
 
@@ -72,7 +66,9 @@ def validate_batch(attn, prior, features, layout, n_keep, valid) -> list[int]:
     if prior is not None:
         p = prior.expand(b, n).to(attn.device)  # (B, N)
         bad |= ((~torch.isfinite(p) | (p <= 0)) & valid).any(dim=1)
-    bad |= (~torch.isfinite(features).all(dim=2) & valid).any(dim=1)
+    # A non-finite feature makes its row's norm non-finite: one cheap reduction instead of isfinite over (B, N, D).
+    norm_dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+    bad |= (~torch.isfinite(torch.linalg.vector_norm(features.to(norm_dtype), dim=2)) & valid).any(dim=1)
     bad |= ((layout < 0).any(dim=2) & valid).any(dim=1)
     lengths = valid.sum(dim=1).tolist()  # host sync
     bad_items = bad.nonzero()[:, 0].tolist()  # host sync
@@ -86,7 +82,7 @@ def validate_batch(attn, prior, features, layout, n_keep, valid) -> list[int]:
                       None if prior is None else prior.expand(b, n)[i, :m].cpu().double().numpy(),
                       features[i, :m].cpu().double().numpy(),
                       TokenLayout.from_array(layout[i, :m].cpu().numpy()), int(n_keep[i]), item=i)
-        raise ValueError(f"invalid input in item {i}")  # validate_item raises first with the details
+        raise ValueError(f"features of item {i} are finite but their norm overflows {norm_dtype}; pass float64 features")
     return lengths
 
 
@@ -142,23 +138,27 @@ def select_tokens(attn: torch.Tensor, prior: torch.Tensor | None, features: torc
     order = rank_order(scores)  # (B, N) token indices, most important first; padding last
 
     block = config.pivots_block_neighbours
-    start = torch.zeros_like(n_p) if block else n_p  # (B,) first rank position that is a graph node
+    start = torch.zeros_like(n_p) if block else n_p  # (B,) first rank position that is an MIS candidate
     m = max(max(lb - s for lb, s in zip(lengths, start.tolist())), 1)
     pos = torch.arange(m, device=device)  # (M,)
     node_valid = pos < (length - start)[:, None]  # (B, M)
     cand = order.gather(1, (start[:, None] + pos).clamp(max=n - 1))  # (B, M) token index at each rank position
-    graph = hybrid_graph(_gather_tokens(features, cand), _gather_tokens(layout, cand), config, valid=node_valid)  # (B, M, M)
-    selected = (pos < n_p[:, None]) & node_valid if block else None  # (B, M): pivots as pre-taken nodes
-    mis = greedy_mis(graph, None, n_take, selected=selected, valid=node_valid)  # taken: (B, M)
+    selected = None
+    if block:  # pivots are graph nodes that are already taken
+        selected = torch.zeros(b, n, dtype=torch.bool, device=device).scatter_(
+            1, order, torch.arange(n, device=device).expand(b, n) < n_p[:, None])  # (B, N) pivot mask
+    graph = hybrid_graph(features, layout, config, valid=valid)  # (B, N, N) over all tokens
+    mis = greedy_mis(graph, cand.masked_fill(~node_valid, -1), n_take, selected=selected, valid=valid)  # (B, N)
+    taken = mis.taken.gather(1, cand) & node_valid  # (B, M): MIS members at each rank position
 
-    rest = node_valid & ~mis.taken if selected is None else node_valid & ~mis.taken & ~selected  # (B, M)
-    deficit = n_take - mis.taken.sum(dim=1)  # (B,)
+    rest = node_valid & ~taken if selected is None else node_valid & ~taken & ~selected.gather(1, cand)  # (B, M)
+    deficit = n_take - taken.sum(dim=1)  # (B,)
     topup = rest & (torch.cumsum(rest.to(torch.int64), dim=1) <= deficit[:, None])  # (B, M): best-ranked leftovers
 
     roles = torch.full((b, n + 1), -1, dtype=torch.int8, device=device)  # (B, N + 1): column n absorbs padding
     is_pivot = torch.arange(n, device=device) < n_p[:, None]  # (B, N) over rank positions
     roles.scatter_(1, torch.where(is_pivot, order, n), torch.full_like(order, int(Role.PIVOT), dtype=torch.int8))
-    for mask, role in ((mis.taken, Role.MIS), (topup, Role.TOPUP)):
+    for mask, role in ((taken, Role.MIS), (topup, Role.TOPUP)):
         roles.scatter_(1, torch.where(mask, cand, n), torch.where(mask, int(role), -1).to(torch.int8))  # (B, M) -> (B, N + 1)
     roles = roles[:, :n]  # (B, N)
 

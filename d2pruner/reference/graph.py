@@ -70,14 +70,16 @@ def hybrid_graph(features, layout: TokenLayout, config: D2PrunerConfig = D2Prune
     >>> sorted(hybrid_graph(feats, TokenLayout.grid(1, 3), cfg).edges())
     [(0, 1), (1, 2)]
     """
-    sem = cosine_similarity(features)
+    sem = cosine_similarity(features)  # S_sem(i, j)
+    v, r, c = layout.view, layout.row, layout.col
+    spat = spatially_adjacent(v[:, None], r[:, None], c[:, None], v[None, :], r[None, :], c[None, :],
+                              config.spatial_radius)  # S_spat(i, j)
+    edge = is_edge(sem, spat, config)  # the fused rule, for every pair at once
     nodes = list(range(sem.shape[0])) if nodes is None else [int(i) for i in nodes]
     graph = nx.Graph()
     graph.add_nodes_from(nodes)
-    for a, i in enumerate(nodes):
-        for j in nodes[a + 1 :]:
-            adjacent = bool(spatially_adjacent(layout.view[i], layout.row[i], layout.col[i],
-                                               layout.view[j], layout.row[j], layout.col[j], config.spatial_radius))
-            if is_edge(sem[i, j], float(adjacent), config):
-                graph.add_edge(i, j, cosine=float(sem[i, j]), adjacent=adjacent)
+    among_nodes = np.triu(edge[np.ix_(nodes, nodes)], k=1)  # each unordered pair once, no self-loops
+    for a, b in np.argwhere(among_nodes):
+        i, j = nodes[a], nodes[b]
+        graph.add_edge(i, j, cosine=float(sem[i, j]), adjacent=bool(spat[i, j]))
     return graph
