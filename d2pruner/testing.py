@@ -134,8 +134,13 @@ def _item(draw, n: int, d: int, prior_kind: str):
     else:
         flat = draw(st.lists(st.floats(-4.0, 4.0, width=32), min_size=n * d, max_size=n * d))
         features = np.array(flat, dtype=np.float64).reshape(n, d)
-    if draw(st.booleans()):
+    attn_kind = draw(st.sampled_from(["palette", "near-ties", "free"]))
+    if attn_kind == "palette":
         attn = np.array(draw(st.lists(st.sampled_from(_ATTN_PALETTE), min_size=n, max_size=n)), dtype=np.float64)
+    elif attn_kind == "near-ties":  # values a few float32 ulps apart: ties in float32 arithmetic, not in float64
+        base = np.float32(draw(st.floats(0.0009765625, 1.0, width=32)))
+        ulps = np.array(draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)), dtype=np.int32)
+        attn = (base.view(np.int32) + ulps).view(np.float32).astype(np.float64)
     else:
         attn = np.array(draw(st.lists(st.floats(0.0, 1.0, width=32), min_size=n, max_size=n)), dtype=np.float64)
     if prior_kind == "none":

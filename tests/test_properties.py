@@ -26,7 +26,11 @@ _BLOCK_CASE = SelectionCase(  # pivots blocking their spatial neighbours
 _NEG_ZERO_CASE = SelectionCase(  # -0.0 ties with 0.0
     np.array([0.0, -0.0, 0.0]), None, np.eye(3), TokenLayout.grid(1, 3), 2, D2PrunerConfig())
 
-PINNED = (_TIE_CASE, _DENSE_CASE, _BLOCK_CASE, _NEG_ZERO_CASE)
+_NEAR_TIE_CASE = SelectionCase(  # float32 scores would tie (then index 0 wins); float64 ranks token 1 first
+    np.array([0.11493263393640518, 0.11493264138698578]), np.full(2, 0.7290151119232178), np.eye(2),
+    TokenLayout.grid(1, 2), 1, D2PrunerConfig())
+
+PINNED = (_TIE_CASE, _DENSE_CASE, _BLOCK_CASE, _NEG_ZERO_CASE, _NEAR_TIE_CASE)
 
 
 def pin(test=None, **extra):
@@ -107,6 +111,7 @@ def test_maximality_or_lfmis_prefix(backend, case):
 @example(cases=[_DENSE_CASE])
 @example(cases=[_BLOCK_CASE])
 @example(cases=[_NEG_ZERO_CASE])
+@example(cases=[_NEAR_TIE_CASE])
 def test_reference_equals_fast(device, cases):
     got, _ = run_fast_batch(cases, device)
     for i, case in enumerate(cases):

@@ -1,0 +1,89 @@
+"""Break the implementation one rule at a time and check that the test suite notices.
+
+Each mutant is a one-line text substitution in a copy of the package; the suite runs on the copy
+(``HYPOTHESIS_PROFILE=dev``, stop at the first failure). A mutant the suite does not kill is a hole
+in the tests, and this script exits non-zero.
+
+Usage::
+
+    python scripts/mutation_check.py            # all mutants
+    python scripts/mutation_check.py top-up     # the ones whose name contains "top-up"
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+#: name -> (file, text, replacement); the text must occur in the file (every occurrence is replaced)
+MUTANTS = {
+    "tie-break index descending (reference order)": (
+        "d2pruner/spec.py", "np.lexsort((np.arange(s.shape[-1]), -s))", "np.lexsort((-np.arange(s.shape[-1]), -s))"),
+    "tie-break unstable (fast order)": (
+        "d2pruner/spec.py", "descending=True, stable=True", "descending=True, stable=False"),
+    "edge rule drops the spatial term": (
+        "d2pruner/spec.py", "return (1.0 - w) * cosine + w * adjacent >", "return (1.0 - w) * cosine + 0.0 * adjacent >"),
+    "edge rule >= instead of > (w = 0)": (
+        "d2pruner/spec.py", "return cosine > float(config.sim_threshold)", "return cosine >= float(config.sim_threshold)"),
+    "reference graph skips pairs of consecutive nodes": (
+        "d2pruner/reference/graph.py", "np.triu(edge[np.ix_(nodes, nodes)], k=1)", "np.triu(edge[np.ix_(nodes, nodes)], k=2)"),
+    "fast graph ignores space for w < 0.6": (
+        "d2pruner/fast/graph.py", "if config.spatial_weight == 0:", "if config.spatial_weight < 0.6:"),
+    "spatial radius off by one": (
+        "d2pruner/spec.py", "(abs(row_a - row_b) <= radius)", "(abs(row_a - row_b) < radius)"),
+    "pivot count rounds up": ("d2pruner/spec.py", "return math.floor(exact_ratio(pivot_ratio)", "return math.ceil(exact_ratio(pivot_ratio)"),
+    "budget ratio rounds down": ("d2pruner/spec.py", "* n_tokens + Fraction(1, 2)", "* n_tokens"),
+    "reference debias drops eps": ("d2pruner/reference/debias.py", "attn[i] / (prior[i] + eps)", "attn[i] / prior[i]"),
+    "reference MIS forgets neighbours": (
+        "d2pruner/reference/mis.py", "        unavailable.update(graph.neighbors(node))\n", ""),
+    "reference MIS ignores pre-selected pivots": (
+        "d2pruner/reference/mis.py", "            unavailable.update(graph.neighbors(s))", "            pass"),
+    "reference top-up takes the lowest-ranked": (
+        "d2pruner/reference/select.py", "topup = [i for i in candidates if", "topup = [i for i in reversed(candidates) if"),
+    "fast top-up one short": (
+        "d2pruner/fast/select.py", "dim=1) <= deficit[:, None])", "dim=1) < deficit[:, None])"),
+    "fast MIS priority reversed": (
+        "d2pruner/fast/mis.py", "(rank[:, None, :] < rank[:, :, None])", "(rank[:, None, :] > rank[:, :, None])"),
+    "fast MIS stops one early": ("d2pruner/fast/mis.py", "(settled < limit)", "(settled < limit - 1)"),
+    "fast MIS keeps one too many": ("d2pruner/fast/mis.py", "dim=1) <= limit[:, None])", "dim=1) <= limit[:, None] + 1)"),
+    "fast scores in float32": ("d2pruner/fast/debias.py", "torch.float64", "torch.float32"),
+}
+
+
+def run_mutant(name: str, path: str, old: str, new: str) -> tuple[bool, str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        dst = pathlib.Path(tmp) / "repo"
+        shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(".venv", ".ci-venv", ".git", "__pycache__", ".hypothesis"))
+        target = dst / path
+        text = target.read_text()
+        if old not in text:
+            raise SystemExit(f"mutant {name!r}: {old!r} not found in {path}")
+        target.write_text(text.replace(old, new))
+        env = {**os.environ, "HYPOTHESIS_PROFILE": "dev", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(dst)}
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:randomly", "--no-header", "-rf"],
+                              cwd=dst, env=env, capture_output=True, text=True)
+        failed = [line.split(" ")[1] for line in proc.stdout.splitlines() if line.startswith("FAILED")]
+        return proc.returncode != 0, failed[0] if failed else proc.stdout.strip().splitlines()[-1]
+
+
+def main(argv: list[str]) -> int:
+    chosen = {k: v for k, v in MUTANTS.items() if not argv or any(a in k for a in argv)}
+    survived = 0
+    for name, (path, old, new) in chosen.items():
+        t0 = time.perf_counter()
+        killed, by = run_mutant(name, path, old, new)
+        survived += not killed
+        print(f"{'killed  ' if killed else 'SURVIVED'} {name:50s} {time.perf_counter() - t0:5.1f}s  {by}", flush=True)
+    print(f"{len(chosen) - survived}/{len(chosen)} mutants killed")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
