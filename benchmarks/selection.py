@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import pathlib
 import platform
 import statistics
@@ -36,6 +37,16 @@ import d2pruner
 from d2pruner import D2PrunerConfig, reference, resolve_budget
 from d2pruner.__main__ import demo_inputs
 from d2pruner.fast import select_tokens as fast_select
+
+
+def _cpu_name() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _sync(device: str) -> None:
@@ -126,6 +137,14 @@ def main(argv: list[str] | None = None) -> int:
         args.n, args.b, args.d, args.repeats = [576], [1, 2], [64], 2
     config = D2PrunerConfig(spatial_weight=args.spatial_weight)
 
+    meta = dict(command="python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                d2pruner=d2pruner.__version__, torch=torch.__version__, numpy=np.__version__, python=platform.python_version(),
+                cpu=_cpu_name(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
+                cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                config=dict(spatial_weight=config.spatial_weight, ratio=args.ratio, repeats=args.repeats))
+    for key, value in meta.items():
+        print(f"# {key}: {value}")
     header = f"{'device':6} {'N':>5} {'B':>2} {'D':>5} {'keep':>5} {'matmul ms':>10} {'fast ms':>9} {'ref ms':>9} {'fast/matmul':>11} {'fast/ref':>9} {'rounds':>6} same"
     print(header)
     rows = []
@@ -139,12 +158,6 @@ def main(argv: list[str] | None = None) -> int:
                           f"{row.get('reference_ms', float('nan')):9.1f} {row['fast_over_matmul']:11.2f} "
                           f"{row.get('fast_over_reference', float('nan')):9.4f} {row['mis_rounds']:6d} {row.get('identical', '-')}",
                           flush=True)
-    meta = dict(command="python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                d2pruner=d2pruner.__version__, torch=torch.__version__, numpy=np.__version__, python=platform.python_version(),
-                cpu=platform.processor() or platform.machine(), torch_threads=torch.get_num_threads(),
-                cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                config=dict(spatial_weight=config.spatial_weight, ratio=args.ratio))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))

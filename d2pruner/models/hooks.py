@@ -1,0 +1,341 @@
+"""Pruning inside a Hugging Face decoder through forward pre-hooks (shared by every model family).
+
+Where D2Pruner acts (method spec, "prune_layer" K):
+
+* a forward pre-hook on the multimodal model reads ``input_ids`` (and the 2-D attention mask) to find
+  each item's visual tokens, and decides whether this forward is a prompt pass with images
+  ("prefill"), a cached decoding step after a pruned prefill ("decode"), or neither ("off");
+* a pre-hook on decoder layer K-1 computes the last token's attention row from the layer input
+  (input norm -> q/k projections -> RoPE -> GQA repeat -> scaled softmax over the full causal key
+  length -> mean over heads), so the model may run ``sdpa`` or ``eager``;
+* pre-hooks on every layer >= K drop tokens: at layer K the hidden states are cut; on every layer
+  >= K the rotary cos/sin, the position ids and the 4-D attention mask are cut to the kept tokens
+  during the prompt pass; during cached decoding only the mask's key columns are cut (the KV cache
+  of layers >= K holds only kept tokens). Kept tokens keep their original position ids.
+
+Items of one batch keep different numbers of tokens (per-item budgets, different tile counts): the
+cut sequences are left-padded to a common length with masked "dummy" slots, so the last token stays
+last. Nothing in transformers is patched; :meth:`PruningHandle.remove` detaches every hook.
+
+Shape legend: B items, L prompt length, L' kept length (after left-padding), H hidden size, N visual
+tokens of an item, q query length of a decoding step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from d2pruner.spec import D2PrunerConfig, Role, Selection, TokenLayout, resolve_budget
+
+__all__ = ["D2PrunerMethod", "ItemInputs", "ItemStats", "PruningHandle", "last_token_attention"]
+
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ItemInputs:
+    """What a selection method sees for one item: ``attn`` (N,), ``features`` (N, D), the layout and
+    the prior (N,) or None (tensors on the model's device)."""
+
+    attn: torch.Tensor
+    features: torch.Tensor
+    layout: TokenLayout
+    prior: torch.Tensor | None
+
+
+@dataclasses.dataclass(frozen=True)
+class D2PrunerMethod:
+    """D2Pruner as a selection method for the model hooks (batched fast backend by default)."""
+
+    config: D2PrunerConfig = D2PrunerConfig()
+    backend: str = "fast"
+    name: str = "d2pruner"
+
+    def select(self, items: Sequence[ItemInputs], n_keep: Sequence[int]) -> list[Selection]:
+        from d2pruner.api import select_tokens
+
+        priors = [it.prior for it in items]
+        if any(p is None for p in priors):
+            priors = None
+        return select_tokens([it.attn for it in items], [it.features for it in items], [it.layout for it in items],
+                             list(n_keep), prior=priors, config=self.config, backend=self.backend)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ItemStats:
+    """Per-item statistics of the last prompt pass.
+
+    ``kept`` indexes the item's visual tokens (0..N-1, ascending); ``roles`` aligns with it;
+    ``selection_ms`` is the wall time of the whole batch's selection (shared by its items);
+    ``debiased`` says whether a positional prior was applied.
+    """
+
+    n_visual_before: int
+    n_visual_after: int
+    kept: np.ndarray
+    roles: np.ndarray
+    selection_ms: float
+    debiased: bool
+    method: str
+
+    def counts(self) -> dict[str, int]:
+        return {r.name.lower(): int((self.roles == int(r)).sum()) for r in Role}
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def last_token_attention(layer: torch.nn.Module, hidden_states: torch.Tensor, position_embeddings: tuple,
+                         attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention of the last query position to every key, mean over heads, for a Llama-layout layer.
+
+    Parameters
+    ----------
+    layer : decoder layer with ``input_layernorm`` and ``self_attn.{q_proj,k_proj,head_dim,scaling}``
+    hidden_states : Tensor (B, L, H) -- the layer's input
+    position_embeddings : (cos, sin), each (B or 1, L, head_dim)
+    attention_mask : 4-D mask (B, 1, L, L), bool (True = attend) or additive float, or None (causal)
+
+    Returns
+    -------
+    Tensor (B, L), float32: softmax over the full key length, averaged over heads.
+    """
+    attn = layer.self_attn
+    for name in ("q_norm", "k_norm"):
+        if getattr(attn, name, None) is not None:
+            raise NotImplementedError(f"attention with {name} is not supported by last_token_attention")
+    x = layer.input_layernorm(hidden_states)  # (B, L, H)
+    b, n, _ = x.shape
+    hd = attn.head_dim
+    q = attn.q_proj(x[:, -1:]).view(b, 1, -1, hd).transpose(1, 2).float()  # (B, nH, 1, hd)
+    k = attn.k_proj(x).view(b, n, -1, hd).transpose(1, 2).float()  # (B, nKV, L, hd)
+    cos, sin = (t.float()[:, None] for t in position_embeddings)  # (B|1, 1, L, hd)
+    q = q * cos[..., -1:, :] + _rotate_half(q) * sin[..., -1:, :]
+    k = k * cos + _rotate_half(k) * sin
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # (B, nH, L, hd): GQA
+    scores = (q @ k.transpose(-1, -2)) * attn.scaling  # (B, nH, 1, L)
+    if attention_mask is not None:
+        row = attention_mask[:, :, -1:, :]  # (B, 1, 1, L)
+        scores = scores.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else scores + row.float()
+    return scores.softmax(dim=-1).mean(dim=1)[:, 0]  # (B, L)
+
+
+@dataclasses.dataclass
+class _Pruned:
+    """State of a pruned prompt pass, kept for the decoding steps that follow."""
+
+    index: torch.Tensor  # (B, L') original position of each kept slot
+    slot_valid: torch.Tensor  # (B, L') False for left-padding dummies
+    prompt_len: int
+    cache: Any
+
+
+class PruningHandle:
+    """Hooks that prune the visual tokens of a multimodal model; ``remove()`` (or leaving a ``with``
+    block) detaches them all.
+
+    Model families provide ``find_items(input_ids) -> list[(positions (N,), layout) | None]`` and
+    ``expand_prior(prior, layout) -> (N,)``; see :mod:`d2pruner.models.llava` and
+    :mod:`d2pruner.models.internvl`.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, language_model: torch.nn.Module, find_items: Callable,
+                 budget: Any, method: Any, prune_layer: int, prior: torch.Tensor | None,
+                 expand_prior: Callable[[torch.Tensor, TokenLayout], torch.Tensor]) -> None:
+        impl = getattr(model.config, "_attn_implementation", None) or "eager"
+        text_impl = getattr(getattr(model.config, "text_config", model.config), "_attn_implementation", impl)
+        if text_impl not in SUPPORTED_ATTENTION:
+            raise ValueError(f"attention implementation {text_impl!r} is not supported; load the model with "
+                             f"attn_implementation in {SUPPORTED_ATTENTION}")
+        layers = language_model.layers
+        if not 1 <= prune_layer < len(layers):
+            raise ValueError(f"prune_layer={prune_layer} must lie in [1, {len(layers) - 1}] for a {len(layers)}-layer model")
+        self.model, self.layers, self.find_items = model, layers, find_items
+        self.budget, self.method, self.prune_layer = budget, method, prune_layer
+        self.prior, self.expand_prior = prior, expand_prior
+        self.stats: list[ItemStats] = []
+        self._mode = "off"
+        self._items: list | None = None
+        self._row: torch.Tensor | None = None
+        self._pruned: _Pruned | None = None
+        self._step: dict = {}
+        self._handles = [model.register_forward_pre_hook(self._on_model, with_kwargs=True)]
+        self._handles.append(layers[prune_layer - 1].register_forward_pre_hook(self._on_score_layer, with_kwargs=True))
+        for i in range(prune_layer, len(layers)):
+            self._handles.append(layers[i].register_forward_pre_hook(self._make_cut_hook(i), with_kwargs=True))
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def remove(self) -> None:
+        """Detach every hook; the model behaves exactly as before."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._pruned = None
+
+    def __enter__(self) -> "PruningHandle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    # -- the model-level hook: which kind of forward is this? ------------------------------------------
+    def _on_model(self, module, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        cache = kwargs.get("past_key_values")
+        if cache is not None and getattr(cache, "is_compileable", False):
+            raise ValueError(f"{type(cache).__name__} (a static/compileable cache) cannot hold pruned sequences; "
+                             "use the default dynamic cache (do not pass cache_implementation='static')")
+        mask2d = kwargs.get("attention_mask")
+        self._row, self._step = None, {}
+        items = self.find_items(input_ids) if input_ids is not None else None
+        has_images = items is not None and any(it is not None for it in items)
+        if input_ids is None and kwargs.get("pixel_values") is not None:
+            raise ValueError("pruning needs input_ids to locate the image tokens; inputs_embeds alone are not supported")
+        if has_images:
+            if cache is not None and cache.get_seq_length() > 0:
+                raise ValueError("image tokens after a non-empty KV cache are not supported: prune in the first prompt pass")
+            if mask2d is not None and mask2d.ndim == 2 and bool((mask2d[:, -1] == 0).any()):
+                raise ValueError("right padding is not supported (the last token must be real): use padding_side='left'")
+            self._mode, self._items, self._pruned = "prefill", items, None
+        elif self._pruned is not None and cache is self._pruned.cache and cache is not None:
+            q = input_ids.shape[1] if input_ids is not None else kwargs["inputs_embeds"].shape[1]
+            total = mask2d.shape[-1] if mask2d is not None and mask2d.ndim == 2 else cache.get_seq_length() + q
+            self._mode, self._step = "decode", {"q": q, "total": total}
+        else:
+            self._mode, self._pruned = "off", None
+        return None
+
+    # -- layer K-1: the attention row ----------------------------------------------------------------
+    def _on_score_layer(self, module, args, kwargs):
+        if self._mode == "prefill":
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            self._row = last_token_attention(module, hidden, kwargs["position_embeddings"], kwargs.get("attention_mask"))
+        return None
+
+    # -- layers >= K: cut -------------------------------------------------------------------------------
+    def _make_cut_hook(self, layer_idx: int):
+        def hook(module, args, kwargs):
+            if self._mode == "prefill":
+                if layer_idx == self.prune_layer:
+                    hidden = kwargs.get("hidden_states", args[0] if args else None)
+                    self._select_and_build(hidden, kwargs)
+                    args, kwargs = self._replace_hidden(args, kwargs, self._step["hidden"])
+                kwargs = {**kwargs, **self._step["kwargs"]}
+            elif self._mode == "decode":
+                if "mask" not in self._step:
+                    self._step["mask"] = self._decode_mask(kwargs.get("attention_mask"))
+                kwargs = {**kwargs, "attention_mask": self._step["mask"]}
+            return args, kwargs
+
+        return hook
+
+    @staticmethod
+    def _replace_hidden(args, kwargs, hidden):
+        if "hidden_states" in kwargs:
+            return args, {**kwargs, "hidden_states": hidden}
+        return (hidden, *args[1:]), kwargs
+
+    def _budgets(self, sizes: list[int]) -> list[int]:
+        budget = self.budget
+        if isinstance(budget, (list, tuple)):
+            if len(budget) != len(sizes):
+                raise ValueError(f"budget lists {len(budget)} entries for a batch of {len(sizes)} items")
+            return [resolve_budget(bud, n, i) for i, (bud, n) in enumerate(zip(budget, sizes))]
+        return [resolve_budget(budget, n, i) for i, n in enumerate(sizes)]
+
+    def _select_and_build(self, hidden: torch.Tensor, kwargs: dict) -> None:
+        b, n_seq, _ = hidden.shape
+        device = hidden.device
+        present = [i for i, it in enumerate(self._items) if it is not None]
+        inputs = []
+        for i in present:
+            pos, layout = self._items[i]
+            prior = None if self.prior is None else self.expand_prior(self.prior, layout).to(device)
+            inputs.append(ItemInputs(self._row[i, pos], hidden[i, pos], layout, prior))
+        budgets = self._budgets([len(it.layout) for it in inputs])
+        t0 = time.perf_counter()
+        selections = self.method.select(inputs, budgets)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        ms = 1e3 * (time.perf_counter() - t0)
+
+        keep_lists, stats = [], []
+        sel_of = dict(zip(present, selections))
+        for i in range(b):
+            keep = torch.ones(n_seq, dtype=torch.bool, device=device)
+            if i in sel_of:
+                pos, layout = self._items[i]
+                sel = sel_of[i]
+                keep[pos] = False
+                keep[pos[torch.as_tensor(sel.kept, device=device)]] = True
+                stats.append(ItemStats(len(layout), len(sel), sel.kept, sel.roles, ms, self.prior is not None,
+                                       getattr(self.method, "name", type(self.method).__name__)))
+            else:
+                stats.append(ItemStats(0, 0, np.zeros(0, np.int64), np.zeros(0, np.int8), ms, self.prior is not None,
+                                       getattr(self.method, "name", type(self.method).__name__)))
+            keep_lists.append(keep.nonzero()[:, 0])
+        self.stats = stats
+
+        new_len = max(len(k) for k in keep_lists)
+        index = torch.zeros(b, new_len, dtype=torch.long, device=device)  # (B, L')
+        slot_valid = torch.zeros(b, new_len, dtype=torch.bool, device=device)  # (B, L')
+        for i, k in enumerate(keep_lists):
+            index[i, new_len - len(k):] = k  # left-pad: the last token stays last
+            slot_valid[i, new_len - len(k):] = True
+        self._pruned = _Pruned(index, slot_valid, n_seq, kwargs.get("past_key_values"))
+
+        gather3 = lambda t: t.expand(b, n_seq, t.shape[-1]).gather(1, index[..., None].expand(b, new_len, t.shape[-1]))  # noqa: E731
+        cos, sin = kwargs["position_embeddings"]
+        new_kwargs = {"position_embeddings": (gather3(cos), gather3(sin))}  # each (B, L', hd)
+        if kwargs.get("position_ids") is not None:
+            new_kwargs["position_ids"] = kwargs["position_ids"].expand(b, n_seq).gather(1, index)  # (B, L')
+        new_kwargs["attention_mask"] = self._prefill_mask(kwargs.get("attention_mask"), index, slot_valid, hidden.dtype)
+        self._step = {"hidden": gather3(hidden), "kwargs": new_kwargs}
+
+    @staticmethod
+    def _format(visible: torch.Tensor, like: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """A bool visibility mask (B, 1, q, k) in the format of ``like`` (bool, or additive float)."""
+        if like is None or like.dtype == torch.bool:
+            return visible
+        out = torch.zeros(visible.shape, dtype=like.dtype, device=visible.device)
+        return out.masked_fill(~visible, torch.finfo(like.dtype).min)
+
+    def _prefill_mask(self, mask, index, slot_valid, dtype):
+        b, new_len = index.shape
+        if mask is None:  # pure causal over the original positions
+            visible = index[:, None, :] <= index[:, :, None]  # (B, L', L')
+        else:
+            m = mask.expand(b, 1, mask.shape[-2], mask.shape[-1])[:, 0]  # (B, L, L)
+            m = m.gather(1, index[:, :, None].expand(b, new_len, m.shape[-1]))  # (B, L', L): rows
+            m = m.gather(2, index[:, None, :].expand(b, new_len, new_len))  # (B, L', L'): columns
+            visible = m if m.dtype == torch.bool else m == 0
+        visible = visible & slot_valid[:, None, :]
+        eye = torch.eye(new_len, dtype=torch.bool, device=index.device)
+        visible = torch.where(slot_valid[:, :, None], visible, eye)  # a dummy row sees itself only (no NaN)
+        return self._format(visible[:, None], mask, dtype)
+
+    def _decode_mask(self, mask):
+        p = self._pruned
+        b, kept = p.index.shape
+        q, total = self._step["q"], self._step["total"]
+        new_cols = torch.arange(p.prompt_len, total, device=p.index.device)  # (T,) positions after the prompt
+        cols = torch.cat([p.index, new_cols.expand(b, -1)], dim=1)  # (B, L' + T)
+        col_valid = torch.cat([p.slot_valid, torch.ones(b, len(new_cols), dtype=torch.bool, device=cols.device)], dim=1)
+        if mask is None:
+            rows = torch.arange(total - q, total, device=cols.device)  # (q,)
+            visible = cols[:, None, :] <= rows[None, :, None]  # (B, q, L' + T)
+        else:
+            m = mask.expand(b, 1, mask.shape[-2], mask.shape[-1])[:, 0]  # (B, q, total)
+            if m.shape[-1] != total:
+                raise ValueError(f"decoding mask has {m.shape[-1]} key columns, expected {total}")
+            m = m.gather(2, cols[:, None, :].expand(b, m.shape[1], cols.shape[1]))  # (B, q, L' + T)
+            visible = m if m.dtype == torch.bool else m == 0
+        visible = visible & col_valid[:, None, :]
+        return self._format(visible[:, None], mask, torch.float32)
