@@ -223,6 +223,20 @@ class TokenLayout:
         return cls(np.full(height * width, view, np.int64), rows, cols)
 
     @classmethod
+    def concat(cls, layouts: "list[TokenLayout]") -> "TokenLayout":
+        """Tokens of several layouts in sequence; each layout's views get new, distinct view numbers.
+
+        >>> TokenLayout.concat([TokenLayout.grid(1, 2), TokenLayout.grid(1, 1)]).as_array().tolist()
+        [[0, 0, 0], [0, 0, 1], [1, 0, 0]]
+        """
+        views, offset = [], 0
+        for lay in layouts:
+            _, renumbered = np.unique(lay.view, return_inverse=True)
+            views.append(renumbered.astype(np.int64) + offset)
+            offset += lay.n_views
+        return cls(np.concatenate(views), np.concatenate([x.row for x in layouts]), np.concatenate([x.col for x in layouts]))
+
+    @classmethod
     def internvl(cls, tile_rows: int, tile_cols: int, tile_side: int = 16, thumbnail: bool | None = None) -> "TokenLayout":
         """InternVL-2.5's dynamic-tiling sequence: tiles row-major on one canvas view, thumbnail last.
 

@@ -53,6 +53,17 @@ MUTANTS = {
         "d2pruner/fast/mis.py", "(rank[:, None, :] < rank[:, :, None])", "(rank[:, None, :] > rank[:, :, None])"),
     "fast MIS stops one early": ("d2pruner/fast/mis.py", "(settled < limit)", "(settled < limit - 1)"),
     "fast MIS keeps one too many": ("d2pruner/fast/mis.py", "dim=1) <= limit[:, None])", "dim=1) <= limit[:, None] + 1)"),
+    "hooks: rotary cos/sin not cut with the tokens": (
+        "d2pruner/models/hooks.py", "{\"position_embeddings\": (gather3(cos), gather3(sin))}",
+        "{\"position_embeddings\": (cos[:, -new_len:].expand(b, -1, -1), sin[:, -new_len:].expand(b, -1, -1))}"),
+    "hooks: left-padding dummies visible as keys": (
+        "d2pruner/models/hooks.py", "        visible = visible & slot_valid[:, None, :]\n", ""),
+    "hooks: attention row ignores the padding mask": (
+        "d2pruner/models/hooks.py", "scores.masked_fill(~row, float(\"-inf\")) if row.dtype == torch.bool else scores + row.float()",
+        "scores"),
+    "hooks: decoding mask columns misaligned with the cache": (
+        "d2pruner/models/hooks.py", "cols = torch.cat([p.index, new_cols.expand(b, -1)], dim=1)",
+        "cols = torch.cat([p.index.roll(1, dims=1), new_cols.expand(b, -1)], dim=1)"),
     "fast scores in float32": ("d2pruner/fast/debias.py", "torch.float64", "torch.float32"),
 }
 

@@ -30,6 +30,9 @@ _NEAR_TIE_CASE = SelectionCase(  # float32 scores would tie (then index 0 wins);
     np.array([0.11493263393640518, 0.11493264138698578]), np.full(2, 0.7290151119232178), np.eye(2),
     TokenLayout.grid(1, 2), 1, D2PrunerConfig())
 
+_SUBNORMAL_CASE = SelectionCase(
+    np.array([0.0, 0.0, 1.401298464324817e-45]), None, np.zeros((3, 1)), TokenLayout.grid(1, 3), 1, D2PrunerConfig())
+
 PINNED = (_TIE_CASE, _DENSE_CASE, _BLOCK_CASE, _NEG_ZERO_CASE, _NEAR_TIE_CASE)
 
 
@@ -151,6 +154,7 @@ def test_uniform_prior_is_no_prior(backend, case, level):
 @pytest.mark.parametrize("backend", BACKENDS)
 @given(case=selection_cases(), k_attn=st.sampled_from([0.5, 2.0, 8.0]), k_prior=st.sampled_from([0.25, 4.0]))
 @pin(k_attn=8.0, k_prior=0.25)
+@example(case=_SUBNORMAL_CASE, k_attn=0.5, k_prior=0.25)  # halving the smallest float32 subnormal gives 0 in float32
 def test_positive_scaling_is_invariant(backend, case, k_attn, k_prior):
     case = dataclasses.replace(case, config=dataclasses.replace(case.config, eps=0.0))  # "eps aside"
     scaled = dataclasses.replace(case, attn=case.attn * k_attn, prior=None if case.prior is None else case.prior * k_prior)
@@ -158,6 +162,8 @@ def test_positive_scaling_is_invariant(backend, case, k_attn, k_prior):
     s1 = scaled.attn if scaled.prior is None else scaled.attn / scaled.prior
     assume(np.array_equal(np.argsort(s0, kind="stable"), np.argsort(s1, kind="stable")))  # rounding kept the order
     assume(np.unique(s0).size == np.unique(s1).size)
+    for a in (scaled.attn, scaled.prior if scaled.prior is not None else np.ones(1)):
+        assume(np.array_equal(a.astype(np.float32).astype(np.float64), a))  # still float32-exact (no subnormal lost)
     assert run(backend, scaled) == run(backend, case)
 
 

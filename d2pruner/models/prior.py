@@ -1,0 +1,262 @@
+"""The positional-bias prior: the mean layer-(K-1) attention row over calibration images.
+
+D2Pruner divides each token's attention by the attention its *position* receives on average, with
+one fixed generic prompt over many images (the paper: 1000 COCO images). This module measures that
+mean, stores it with its provenance, and checks on loading that it fits the model and K.
+
+* LLaVA-1.5: one value per grid position (24x24 = 576).
+* InternVL-2.5: one value per tile position (16x16 = 256), averaged over every tile and thumbnail of
+  every image (each tile counts once); the same values then apply to every tile and to the thumbnail.
+
+Command line (real checkpoints from the local Hugging Face cache)::
+
+    python -m d2pruner.models.prior --model llava-hf/llava-1.5-7b-hf --images DIR --out prior.json
+
+It shows a progress bar, writes its running sum after every image to ``OUT.partial.json`` and, when
+run again, resumes from there; it refuses to mix models, layers or prompts in one file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import platform
+import sys
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+__all__ = ["DEFAULT_PROMPT", "Prior", "PriorAccumulator", "attention_rows", "prior_tensor"]
+
+#: The generic calibration prompt (our choice; the paper's exact wording is not published).
+DEFAULT_PROMPT = "Describe the image."
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Prior:
+    """Prior values (one per grid or tile position) and their provenance (``meta``)."""
+
+    values: np.ndarray
+    meta: dict
+
+    def save(self, path: str | os.PathLike) -> None:
+        _atomic_write(pathlib.Path(path), {"meta": self.meta, "values": [float(v) for v in self.values]})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Prior":
+        data = json.loads(pathlib.Path(path).read_text())
+        return cls(np.asarray(data["values"], dtype=np.float64), data["meta"])
+
+    def check_fits(self, model, prune_layer: int) -> None:
+        """Raise ``ValueError`` unless the prior was measured on this model class/id and this K."""
+        if int(self.meta["prune_layer"]) != int(prune_layer):
+            raise ValueError(f"the prior was measured for prune_layer K={self.meta['prune_layer']}, "
+                             f"but pruning is at K={prune_layer}")
+        cls = type(model).__name__
+        if self.meta.get("model_class") and self.meta["model_class"] != cls:
+            raise ValueError(f"the prior was measured on a {self.meta['model_class']}, not a {cls}")
+        name = getattr(model.config, "_name_or_path", "") or ""
+        if self.meta.get("model_id") and name and name != self.meta["model_id"]:
+            raise ValueError(f"the prior was measured on {self.meta['model_id']!r}, the model is {name!r}")
+
+
+def prior_tensor(prior: Any, expected: int, model, prune_layer: int) -> torch.Tensor | None:
+    """The prior as a float32 tensor of ``expected`` positive values, checked against the model and K."""
+    if prior is None:
+        return None
+    if isinstance(prior, (str, os.PathLike)):
+        prior = Prior.load(prior)
+    if isinstance(prior, Prior):
+        prior.check_fits(model, prune_layer)
+        prior = prior.values
+    values = torch.as_tensor(np.asarray(prior, dtype=np.float32)).flatten()
+    if values.numel() != expected:
+        raise ValueError(f"the prior has {values.numel()} values; this model needs {expected} (one per grid/tile position)")
+    if not bool(torch.isfinite(values).all()) or bool((values <= 0).any()):
+        raise ValueError("the prior must be finite and > 0 at every position")
+    return values
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def attention_rows(model, inputs: dict, prune_layer: int, find_items) -> list:
+    """Layer-(K-1) last-token attention over each item's visual tokens: ``[(row (N,), layout) | None]``.
+
+    Runs the model only up to layer K-1 (a hook stops the forward there).
+    """
+    from d2pruner.models.hooks import last_token_attention
+
+    inner = model.model
+    layer = inner.language_model.layers[prune_layer - 1]
+    found: dict = {}
+
+    def hook(module, args, kwargs):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        found["row"] = last_token_attention(module, hidden, kwargs["position_embeddings"], kwargs.get("attention_mask"))
+        raise _Stop
+
+    handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        model(**inputs, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    items = find_items(inputs["input_ids"])
+    return [None if it is None else (found["row"][i, it[0]].double().cpu(), it[1]) for i, it in enumerate(items)]
+
+
+class PriorAccumulator:
+    """Running sum of attention rows per position, saved after every image so a run can resume."""
+
+    def __init__(self, block: int, meta: dict, state_path: pathlib.Path | None = None) -> None:
+        self.block, self.meta, self.state_path = block, dict(meta), state_path
+        self.total = np.zeros(block, dtype=np.float64)
+        self.blocks = 0
+        self.done: list[str] = []
+        if state_path is not None and state_path.exists():
+            state = json.loads(state_path.read_text())
+            _check_same_run(state["meta"], self.meta, state_path)
+            self.total = np.asarray(state["total"], dtype=np.float64)
+            self.blocks, self.done = int(state["blocks"]), list(state["done"])
+
+    def add(self, key: str, row: torch.Tensor) -> None:
+        """Add one image's visual attention row (a whole number of blocks) under a unique key."""
+        if key in self.done:
+            return
+        values = row.double().cpu().numpy()
+        if values.size % self.block:
+            raise ValueError(f"image {key!r}: {values.size} visual tokens are not a whole number of {self.block}-position blocks")
+        self.total += values.reshape(-1, self.block).sum(axis=0)
+        self.blocks += values.size // self.block
+        self.done.append(key)
+        if self.state_path is not None:
+            _atomic_write(self.state_path, {"meta": self.meta, "total": self.total.tolist(), "blocks": self.blocks,
+                                            "done": self.done})
+
+    def result(self, extra_meta: dict | None = None) -> Prior:
+        if self.blocks == 0:
+            raise ValueError("no image was processed: the prior would be empty")
+        meta = {**self.meta, "n_images": len(self.done), "n_blocks": self.blocks,
+                "images_sha256": hashlib.sha256("\n".join(sorted(self.done)).encode()).hexdigest(), **(extra_meta or {})}
+        return Prior(self.total / self.blocks, meta)
+
+
+def _check_same_run(old: dict, new: dict, path: pathlib.Path) -> None:
+    for key in ("model_id", "revision", "model_class", "prune_layer", "prompt", "max_tiles"):
+        if old.get(key) != new.get(key):
+            raise ValueError(f"{path} holds a prior run with {key}={old.get(key)!r}; this run has {key}={new.get(key)!r}. "
+                             "Refusing to mix them: use another --out or delete the file")
+
+
+def _atomic_write(path: pathlib.Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def provenance() -> dict:
+    import transformers
+
+    import d2pruner
+
+    return {"d2pruner": d2pruner.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def image_key(path: pathlib.Path) -> str:
+    """``name:sha256`` of an image file, so a resumed run recognises what it has done."""
+    return f"{path.name}:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+
+
+def compute(model, samples: Iterable[tuple[str, Callable[[], dict]]], *, prune_layer: int, find_items, block: int,
+            meta: dict, out: pathlib.Path, progress: bool = True) -> Prior:
+    """Measure a prior over ``samples`` = ``(key, make_inputs)`` of one image each; resumable via ``out``.
+
+    ``make_inputs()`` builds the model inputs of that image; it is not called for images a previous,
+    interrupted run already added.
+    """
+    from tqdm.auto import tqdm
+
+    if out.exists():
+        _check_same_run(Prior.load(out).meta, meta, out)
+    acc = PriorAccumulator(block, meta, out.with_name(out.name + ".partial.json"))
+    for key, make_inputs in tqdm(samples, desc="prior", disable=not progress):
+        if key in acc.done:
+            continue
+        (row, _), = attention_rows(model, make_inputs(), prune_layer, find_items)
+        acc.add(key, row)
+    prior = acc.result(provenance())
+    prior.save(out)
+    acc.state_path.unlink(missing_ok=True)
+    return prior
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m d2pruner.models.prior", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="checkpoint id in the local HF cache (or a folder)")
+    parser.add_argument("--revision", default=None)
+    parser.add_argument("--images", required=True, type=pathlib.Path, help="folder of calibration images")
+    parser.add_argument("--out", required=True, type=pathlib.Path)
+    parser.add_argument("--prune-layer", type=int, default=2)
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--max-tiles", type=int, default=12, help="InternVL only: the processor's tile limit")
+    args = parser.parse_args(argv)
+
+    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if args.images.is_dir() else []
+    if not paths:
+        print(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) in {args.images}", file=sys.stderr)
+        return 2
+    from d2pruner.models.loading import load_model
+
+    try:
+        model, processor, family = load_model(args.model, revision=args.revision, dtype=getattr(torch, args.dtype),
+                                              device=args.device)
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from PIL import Image
+
+    from d2pruner.models import internvl, llava
+    from d2pruner.models.loading import build_inputs
+
+    meta = {"model_id": args.model, "revision": args.revision, "model_class": type(model).__name__,
+            "prune_layer": args.prune_layer, "prompt": args.prompt, "dtype": args.dtype, "device": args.device,
+            "max_tiles": args.max_tiles if family == "internvl" else None,
+            "per": "grid position" if family == "llava" else "tile position (every tile and the thumbnail)"}
+    grids: list = [None]
+    if family == "llava":
+        side = llava.grid_side(model)
+        find = lambda ids: llava.find_items(ids, int(model.config.image_token_id), side)  # noqa: E731
+    else:
+        side = internvl.tile_side(model)
+        find = lambda ids: internvl.find_items(ids, int(model.config.image_token_id), side, grids)  # noqa: E731
+
+    def make_inputs(path: pathlib.Path):
+        def build():
+            image = Image.open(path).convert("RGB")
+            if family == "internvl":
+                grids[0] = internvl.tile_grid((image.height, image.width), args.max_tiles)
+            return build_inputs(processor, family, image, args.prompt, args.max_tiles, model.device)
+        return build
+
+    prior = compute(model, [(image_key(p), make_inputs(p)) for p in paths], prune_layer=args.prune_layer,
+                    find_items=find, block=side * side, meta=meta, out=args.out)
+    print(f"wrote {args.out}: {prior.values.size} values from {prior.meta['n_images']} images")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
