@@ -74,26 +74,26 @@ def masked_reference_hooks(model, prune_layer: int, dropped: torch.Tensor):
     def hook(module, args, kwargs):
         mask = kwargs.get("attention_mask")
         hidden = kwargs.get("hidden_states", args[0] if args else None)
-        q = hidden.shape[1]
-        b = hidden.shape[0]
+        q, b, dev = hidden.shape[1], hidden.shape[0], hidden.device
+        drop = dropped.to(dev)
         if mask is None:
             k = q if q > 1 else dropped.shape[1] + _steps[0]
-            visible = torch.ones(b, q, k, dtype=torch.bool).tril(diagonal=k - q)
+            visible = torch.ones(b, q, k, dtype=torch.bool, device=dev).tril(diagonal=k - q)
         else:
             m = mask[:, 0]
             visible = m if m.dtype == torch.bool else m == 0
             visible = visible.expand(b, q, visible.shape[-1]).clone()
         k = visible.shape[-1]
-        cols = torch.zeros(b, k, dtype=torch.bool)
-        cols[:, : dropped.shape[1]] = dropped
+        cols = torch.zeros(b, k, dtype=torch.bool, device=dev)
+        cols[:, : drop.shape[1]] = drop
         visible &= ~cols[:, None, :]
         if q > 1:  # prompt pass: dropped rows see themselves
-            eye = torch.eye(q, k, dtype=torch.bool)
-            visible = torch.where(dropped[:, :, None], eye, visible)
+            eye = torch.eye(q, k, dtype=torch.bool, device=dev)
+            visible = torch.where(drop[:, :, None], eye, visible)
         if mask is None or mask.dtype == torch.bool:
             new = visible[:, None]
         else:
-            new = torch.zeros(b, 1, q, k, dtype=mask.dtype).masked_fill(~visible[:, None], torch.finfo(mask.dtype).min)
+            new = torch.zeros(b, 1, q, k, dtype=mask.dtype, device=dev).masked_fill(~visible[:, None], torch.finfo(mask.dtype).min)
         return args, {**kwargs, "attention_mask": new}
 
     _steps = [0]

@@ -13,3 +13,5 @@ def test_readme_python_blocks_run(capsys):
         exec(compile(block, str(README), "exec"), {})
     out = capsys.readouterr().out
     assert "{'pivot': 44, 'mis': 20, 'topup': 0}" in out  # the count the README's comment states
+    assert "576 -> 64 {'pivot': 44, 'mis': 20, 'topup': 0} debiased: False" in out
+    assert "is not in the local Hugging Face cache" in out or "pivot" in out.splitlines()[-1]
