@@ -64,6 +64,12 @@ MUTANTS = {
     "hooks: decoding mask columns misaligned with the cache": (
         "d2pruner/models/hooks.py", "cols = torch.cat([p.index, new_cols.expand(b, -1)], dim=1)",
         "cols = torch.cat([p.index.roll(1, dims=1), new_cols.expand(b, -1)], dim=1)"),
+    "baselines: DPP forgets the Cholesky update": (
+        "d2pruner/baselines.py", "residual = residual - e * e", "residual = residual - 0 * e"),
+    "baselines: DivPrune max-max instead of max-min": (
+        "d2pruner/baselines.py", "min_dist = torch.minimum(min_dist,", "min_dist = torch.maximum(min_dist,"),
+    "baselines: MMR without the redundancy term": (
+        "d2pruner/baselines.py", "score = lam * imp - (1.0 - lam) * max_sim", "score = lam * imp - 0.0 * max_sim"),
     "fast scores in float32": ("d2pruner/fast/debias.py", "torch.float64", "torch.float32"),
 }
 

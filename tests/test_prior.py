@@ -141,3 +141,16 @@ def test_command_names_the_missing_checkpoint(tmp_path, capsys, monkeypatch):
     assert "'nobody/not-a-cached-model' is not in the local Hugging Face cache" in err
     assert not (tmp_path / "p.json").exists()
     assert main(["--model", "x", "--images", str(tmp_path / "nothing"), "--out", str(tmp_path / "p.json")]) == 2
+
+
+def test_internvl_prior_applies_to_every_tile_and_the_thumbnail():
+    model = tiny.tiny_internvl()
+    batch, items = left_padded_batch("internvl", [(3, 4)], grids=[(1, 2)])
+    prior = np.tile(np.linspace(1.0, 0.001, 256), 1)  # favours late positions of every tile after debiasing
+    with torch.no_grad(), internvl.attach(model, 0.1, prior=prior) as handle:
+        handle.set_tile_grids(items.grids)
+        model(**batch)
+    stats = handle.stats[0]
+    assert stats.debiased and stats.n_visual_before == 768 and stats.n_visual_after == 77
+    within_tile = stats.kept % 256
+    assert np.mean(within_tile) > 128, "the per-position prior did not reach the tiles"
