@@ -1,0 +1,29 @@
+"""``python -m reproduce <command> [options]``.
+
+Commands:
+  efficiency   FLOPs reduction of both paper models under each counting convention (CPU, seconds)
+"""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {"efficiency": "reproduce.efficiency"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}; available: {', '.join(sorted(COMMANDS))}", file=sys.stderr)
+        return 2
+    import importlib
+
+    return importlib.import_module(COMMANDS[command]).main(rest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

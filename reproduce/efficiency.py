@@ -1,0 +1,140 @@
+"""``python -m reproduce efficiency``: FLOPs reduction of the paper's two models at the paper's budgets.
+
+Three tables, printed and written as Markdown and CSV under ``--out``:
+
+1. D2Pruner (K = 2) at each budget, for a few prompt lengths, under each counting convention of
+   :mod:`d2pruner.flops` (LLaVA-1.5-7B: 192/128/64 of 576; InternVL-2.5-8B: 25 % and 10 % at 1, 6
+   and 12 tiles);
+2. which convention, budget and text length reproduce the abstract's 74.2 % (to the printed
+   decimal), searching text lengths 0 to 1000, or that none does;
+3. per-method prefill FLOPs for LLaVA-1.5-7B table rows at each budget: methods that prune at K = 2
+   (D2Pruner, FastV, DART), before the LLM (VisionZip, DivPrune, CDPruner, IDPruner-MMR, Random),
+   and PyramidDrop's progressive schedule under our equivalent-token rule.
+
+The models' dimensions come from the configs shipped in ``d2pruner/data`` (see their ``_source``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import pathlib
+
+from d2pruner.flops import CONVENTIONS, LMDims, paper_config, prefill_flops, reduction
+
+LLAVA, INTERNVL = "llava-hf/llava-1.5-7b-hf", "OpenGVLab/InternVL2_5-8B-MPO-hf"
+LLAVA_BUDGETS = (192, 128, 64)
+TEXT_LENGTHS = (32, 64, 128)
+PAPER_REDUCTION = 74.2  # abstract: LLaVA-1.5-7B, general understanding
+K = 2
+IN_LLM = ("D2Pruner", "FastV", "DART")
+PRE_LLM = ("VisionZip", "DivPrune", "CDPruner", "IDPruner-MMR", "Random")
+PYRAMID_LAYERS, PYRAMID_LAMBDA = (8, 16, 24), 0.5
+
+
+def internvl_tokens(tiles: int) -> int:
+    return 256 * (tiles + (tiles > 1))
+
+
+def d2pruner_schedule(n_visual: int, n_keep: int, k: int = K) -> list[tuple[int, int]]:
+    return [(0, n_visual), (k, n_keep)] if k > 0 else [(0, n_keep)]
+
+
+def pyramiddrop_schedule(n_visual: int, budget: int, layers: int = 32) -> list[tuple[int, int]]:
+    """Our equivalent-token rule: stages at layers 8/16/24 keep lambda = 0.5 of the previous stage; the
+    first stage's count n0 is chosen so that the average visual tokens per layer equals ``budget``."""
+    bounds = (0, *PYRAMID_LAYERS, layers)
+    weights = [PYRAMID_LAMBDA ** i * (bounds[i + 1] - bounds[i]) for i in range(len(bounds) - 1)]
+    n0 = min(n_visual, round(budget * layers / sum(weights)))
+    return [(start, round(n0 * PYRAMID_LAMBDA ** i)) for i, start in enumerate(bounds[:-1])]
+
+
+def table_d2pruner() -> list[dict]:
+    rows = []
+    cases = [(LLAVA, "LLaVA-1.5-7B", 576, f"{b}/576", b) for b in LLAVA_BUDGETS]
+    for tiles in (1, 6, 12):
+        n = internvl_tokens(tiles)
+        for pct in (25, 10):
+            cases.append((INTERNVL, "InternVL-2.5-8B", n, f"{pct}% of {n} ({tiles} tiles)", max(1, (n * pct + 50) // 100)))
+    for model_id, model, n_visual, label, keep in cases:
+        dims = LMDims.from_config(paper_config(model_id))
+        for text in TEXT_LENGTHS:
+            row = {"model": model, "budget": label, "kept": keep, "text_tokens": text}
+            for name, conv in CONVENTIONS.items():
+                full = prefill_flops(dims, text, [(0, n_visual)], conv)
+                row[name] = round(reduction(prefill_flops(dims, text, d2pruner_schedule(n_visual, keep), conv), full), 2)
+            rows.append(row)
+    return rows
+
+
+def table_search(max_text: int = 1000) -> list[dict]:
+    dims = LMDims.from_config(paper_config(LLAVA))
+    rows = []
+    for name, conv in CONVENTIONS.items():
+        for keep in LLAVA_BUDGETS:
+            for k, where in ((K, f"K={K}"), (0, "pre-LLM")):
+                best = None
+                for text in range(max_text + 1):
+                    full = prefill_flops(dims, text, [(0, 576)], conv)
+                    r = reduction(prefill_flops(dims, text, d2pruner_schedule(576, keep, k), conv), full)
+                    if best is None or abs(r - PAPER_REDUCTION) < abs(best[1] - PAPER_REDUCTION):
+                        best = (text, r)
+                rows.append({"convention": name, "kept": keep, "pruning": where, "closest_text_tokens": best[0],
+                             "reduction": round(best[1], 2), "reproduces_74.2": abs(best[1] - PAPER_REDUCTION) < 0.05})
+    return rows
+
+
+def table_methods(text: int = 64, convention: str = "exact") -> list[dict]:
+    dims = LMDims.from_config(paper_config(LLAVA))
+    conv = CONVENTIONS[convention]
+    full = prefill_flops(dims, text, [(0, 576)], conv)
+    rows = [{"method": "unpruned", "budget": 576, "schedule": "[(0, 576)]", "TFLOPs": round(full / 1e12, 4), "reduction": 0.0}]
+    for budget in LLAVA_BUDGETS:
+        scheds = [(m, d2pruner_schedule(576, budget)) for m in IN_LLM]
+        scheds += [(m, d2pruner_schedule(576, budget, 0)) for m in PRE_LLM]
+        scheds.append(("PyramidDrop", pyramiddrop_schedule(576, budget, dims.layers)))
+        for method, sched in scheds:
+            f = prefill_flops(dims, text, sched, conv)
+            rows.append({"method": method, "budget": budget, "schedule": str(sched), "TFLOPs": round(f / 1e12, 4),
+                         "reduction": round(reduction(f, full), 2)})
+        rows.append({"method": "SparseVLM", "budget": budget, "schedule": "not computed: per-layer counts not published",
+                     "TFLOPs": "", "reduction": ""})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reproduce efficiency", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("results/efficiency"))
+    parser.add_argument("--text-tokens", type=int, default=64, help="prompt length for the per-method table")
+    args = parser.parse_args(argv)
+    tables = {
+        "d2pruner_reduction": ("FLOPs reduction (%) of D2Pruner at K=2, prefill, by counting convention", table_d2pruner()),
+        "search_74_2": (f"Closest to the abstract's {PAPER_REDUCTION} % (LLaVA-1.5-7B), text lengths 0-1000", table_search()),
+        "methods": (f"LLaVA-1.5-7B prefill FLOPs per method ('exact' convention, {args.text_tokens} text tokens)",
+                    table_methods(args.text_tokens)),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    doc = ["# Efficiency: FLOPs (generated by `python -m reproduce efficiency`)", "",
+           "Conventions: " + "; ".join(f"`{n}` = {c}" for n, c in CONVENTIONS.items()), ""]
+    for name, (title, rows) in tables.items():
+        text = f"## {title}\n\n{markdown(rows)}\n"
+        print(text)
+        doc.append(text)
+        with open(args.out / f"{name}.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    (args.out / "efficiency.md").write_text("\n".join(doc))
+    print(f"wrote {args.out}/efficiency.md and one CSV per table")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
