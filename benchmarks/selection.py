@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 import d2pruner
-from d2pruner import D2PrunerConfig, reference, resolve_budget
+from d2pruner import D2PrunerConfig, baselines, reference, resolve_budget
 from d2pruner.__main__ import demo_inputs
 from d2pruner.fast import select_tokens as fast_select
 
@@ -90,7 +90,8 @@ def _tiles(n: int) -> tuple[int, int]:
     raise ValueError(f"no tile grid gives {n} tokens")
 
 
-def bench_one(device: str, n: int, b: int, d: int, ratio: float, config: D2PrunerConfig, repeats: int, with_reference: bool):
+def bench_one(device: str, n: int, b: int, d: int, ratio: float, config: D2PrunerConfig, repeats: int, with_reference: bool,
+              with_peers: bool = False):
     items, layout = make_batch(n, b, d)
     n_keep = [resolve_budget(ratio, n)] * b
     attn = torch.tensor(np.stack([a for a, _, _ in items]), dtype=torch.float32, device=device)  # (B, N)
@@ -100,11 +101,20 @@ def bench_one(device: str, n: int, b: int, d: int, ratio: float, config: D2Prune
     unit = torch.nn.functional.normalize(feats, dim=-1)
 
     out = fast_select(attn, prior, feats, lay, n_keep, config)
-    t = timeit({"matmul": lambda: torch.bmm(unit, unit.transpose(1, 2)),
-                "fast": lambda: fast_select(attn, prior, feats, lay, n_keep, config)}, device, repeats)
+    fns = {"matmul": lambda: torch.bmm(unit, unit.transpose(1, 2)),
+           "fast": lambda: fast_select(attn, prior, feats, lay, n_keep, config)}
+    if with_peers:  # the peers' selections on identical inputs (importance / relevance: the attention row)
+        fns.update(divprune=lambda: baselines.divprune_selection(feats, n_keep),
+                   cdpruner=lambda: baselines.cdpruner_selection(feats, attn, n_keep),
+                   mmr=lambda: baselines.mmr_selection(attn / prior, feats, n_keep))
+    t = timeit(fns, device, repeats if not with_peers else max(3, repeats // 3))
     t_matmul, t_fast = t["matmul"], t["fast"]
     row = dict(device=device, N=n, B=b, D=d, n_keep=n_keep[0], matmul_ms=1e3 * t_matmul, fast_ms=1e3 * t_fast,
                fast_over_matmul=t_fast / t_matmul, mis_rounds=out.rounds)
+    for peer in ("divprune", "cdpruner", "mmr"):
+        if peer in t:
+            row[f"{peer}_ms"] = 1e3 * t[peer]
+            row[f"fast_over_{peer}"] = t_fast / t[peer]
     if with_reference:
         host = [(a.astype(np.float32).astype(np.float64), p.astype(np.float32).astype(np.float64),
                  f.astype(np.float32).astype(np.float64)) for a, p, f in items]
@@ -131,10 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--devices", nargs="*", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--peers", action="store_true", help="also time our DivPrune, CDPruner and MMR selections")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.n, args.b, args.d, args.repeats = [576], [1, 2], [64], 2
+        args.n, args.b, args.d, args.repeats = [576], [1, 2], [64], 3
     config = D2PrunerConfig(spatial_weight=args.spatial_weight)
 
     meta = dict(command="python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
@@ -145,18 +156,21 @@ def main(argv: list[str] | None = None) -> int:
                 config=dict(spatial_weight=config.spatial_weight, ratio=args.ratio, repeats=args.repeats))
     for key, value in meta.items():
         print(f"# {key}: {value}")
-    header = f"{'device':6} {'N':>5} {'B':>2} {'D':>5} {'keep':>5} {'matmul ms':>10} {'fast ms':>9} {'ref ms':>9} {'fast/matmul':>11} {'fast/ref':>9} {'rounds':>6} same"
+    peer_cols = "".join(f" {p + ' ms':>11} {'fast/' + p:>13}" for p in ("divprune", "cdpruner", "mmr")) if args.peers else ""
+    header = f"{'device':6} {'N':>5} {'B':>2} {'D':>5} {'keep':>5} {'matmul ms':>10} {'fast ms':>9} {'ref ms':>9} {'fast/matmul':>11} {'fast/ref':>9} {'rounds':>6} same" + peer_cols
     print(header)
     rows = []
     for device in args.devices:
         for n in args.n:
             for b in args.b:
                 for d in args.d:
-                    row = bench_one(device, n, b, d, args.ratio, config, args.repeats, not args.no_reference)
+                    row = bench_one(device, n, b, d, args.ratio, config, args.repeats, not args.no_reference, args.peers)
                     rows.append(row)
                     print(f"{device:6} {n:5d} {b:2d} {d:5d} {row['n_keep']:5d} {row['matmul_ms']:10.2f} {row['fast_ms']:9.2f} "
                           f"{row.get('reference_ms', float('nan')):9.1f} {row['fast_over_matmul']:11.2f} "
-                          f"{row.get('fast_over_reference', float('nan')):9.4f} {row['mis_rounds']:6d} {row.get('identical', '-')}",
+                          f"{row.get('fast_over_reference', float('nan')):9.4f} {row['mis_rounds']:6d} {str(row.get('identical', '-')):>4}"
+                          + "".join(f" {row[p + '_ms']:11.2f} {row['fast_over_' + p]:13.3f}" for p in ("divprune", "cdpruner", "mmr")
+                                    if p + "_ms" in row),
                           flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

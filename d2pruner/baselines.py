@@ -171,14 +171,18 @@ def cdpruner_order(features: torch.Tensor, relevance: torch.Tensor, k: int) -> t
     taken = torch.zeros(b, n, dtype=torch.bool, device=features.device)
     chosen = []
     rows = torch.arange(b, device=features.device)
+    # Residuals below this are rounding noise of an exhausted kernel rank: treat them as 0, so the
+    # pick falls to the lowest index instead of to noise (which differs with batch composition).
+    tol = 1e-9 * residual.max(dim=1, keepdim=True).values.clamp(min=1e-300)  # (B, 1)
     for step in range(k):
-        j = _first_max(residual.masked_fill(taken, float("-inf")))  # (B,)
+        clean = torch.where(residual > tol, residual, torch.zeros_like(residual))
+        j = _first_max(clean.masked_fill(taken, float("-inf")))  # (B,)
         chosen.append(j)
         taken[rows, j] = True
         d_j = residual[rows, j].clamp(min=0).sqrt()  # (B,)
         dot = (factors[:, :step, :] * factors[rows, :step, j][:, :, None]).sum(dim=1)  # (B, N): <c_j, c_i>
         e = (kernel[rows, j] - dot) / d_j.clamp(min=1e-12)[:, None]  # (B, N)
-        e = torch.where((d_j > 1e-12)[:, None], e, torch.zeros_like(e))
+        e = torch.where((d_j * d_j > tol[:, 0])[:, None], e, torch.zeros_like(e))
         factors[:, step] = e
         residual = residual - e * e
     return torch.stack(chosen, dim=1)  # (B, K) in pick order

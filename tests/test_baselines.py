@@ -128,3 +128,16 @@ def test_random_is_reproducible_and_uniform():
     expected = 2000 * 10 / 50
     chi2 = ((counts - expected) ** 2 / expected).sum()
     assert chi2 < 100, f"inclusion counts far from uniform (chi2={chi2:.1f}, 49 dof)"
+
+
+def test_cdpruner_after_the_kernel_rank_is_exhausted():
+    """Found by Hypothesis: with D < n_keep the residuals become rounding noise, whose argmax changed
+    with the batch. Past the rank, picks now go to the lowest remaining index, batched or alone."""
+    g = torch.Generator().manual_seed(0)
+    feats, rel = torch.randn(3, 9, 2, generator=g, dtype=torch.float64), torch.rand(3, 9, generator=g, dtype=torch.float64)
+    together = cdpruner_order(feats, rel, 6)
+    for i in range(3):
+        alone = cdpruner_order(feats[i:i + 1], rel[i:i + 1], 6)[0]
+        assert alone.tolist() == together[i].tolist()
+        rest = sorted(set(range(9)) - set(alone[:2].tolist()))
+        assert alone[2:].tolist() == rest[:4], "past the rank, picks must take the lowest remaining indices"

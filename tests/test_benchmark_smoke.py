@@ -17,3 +17,34 @@ def test_selection_benchmark_smoke(tmp_path, monkeypatch, capsys):
     assert all(r["identical"] and r["mis_rounds"] >= 1 and r["fast_ms"] > 0 for r in result["rows"])
     assert "selection.py --quick --repeats 1" in result["meta"]["command"]
     assert "fast/matmul" in capsys.readouterr().out
+
+
+def test_latency_benchmark_smoke(tmp_path, monkeypatch):
+    out = tmp_path / "lat.json"
+    monkeypatch.setattr(sys, "argv", ["latency.py", "--smoke", "--attn", "sdpa", "--out", str(out)])
+    try:
+        runpy.run_path("benchmarks/latency.py", run_name="__main__")
+    except SystemExit as stop:
+        assert stop.code == 0
+    rows = json.loads(out.read_text())["rows"]
+    got = [(r["family"], r["tiles"], r["visual_after"]) for r in rows]
+    assert got == [("llava", 1, None), ("llava", 1, 576), ("llava", 1, 192), ("llava", 1, 128), ("llava", 1, 64),
+                   ("internvl", 1, None), ("internvl", 1, 256), ("internvl", 1, 64), ("internvl", 1, 26),
+                   ("internvl", 2, None), ("internvl", 2, 768), ("internvl", 2, 192), ("internvl", 2, 77)]
+    assert all(r["prefill_ms"] > 0 and r["prefill_ratio"] > 0 for r in rows)
+    assert all(r["selection_ms"] > 0 for r in rows if r["budget"] != "unpruned")
+
+
+def test_full_size_models_build_from_the_shipped_configs():
+    """On the meta device (no memory): the parameter counts of the paper's two 7-8B models."""
+    import torch
+
+    latency = runpy.run_path("benchmarks/latency.py")
+    counts = {}
+    for family in ("llava", "internvl"):
+        model, token = latency["build_full"](family, "sdpa", torch.float16, "meta")
+        counts[family] = sum(p.numel() for p in model.parameters())
+        layers = model.model.language_model.layers
+        assert len(layers) == 32 and layers[0].mlp.gate_proj.weight.shape[0] == (11008 if family == "llava" else 14336)
+    assert 7.0e9 < counts["llava"] < 7.1e9  # LLaVA-1.5-7B: 7.06 B
+    assert 8.0e9 < counts["internvl"] < 8.1e9  # InternVL-2.5-8B: 8.08 B

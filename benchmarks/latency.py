@@ -1,0 +1,180 @@
+"""Prefill latency, time per decoded token, peak memory and D2Pruner's selection time inside the prefill.
+
+On a GPU it builds the full-size paper models from the shipped configs (``d2pruner/data``) with
+random weights -- timing does not depend on weight values -- and measures with CUDA events after
+warm-up, for LLaVA-1.5-7B at budgets 576/192/128/64 and InternVL-2.5-8B at 100 %/25 %/10 % of
+1, 6 and 12 tiles, under sdpa and eager. Every configuration is compared with the unpruned model
+measured in the same run. ``--smoke`` runs the same code on the tiny models on the CPU.
+
+    python benchmarks/latency.py --out docs/results/latency-h100.json        # GPU
+    python benchmarks/latency.py --smoke --out docs/results/latency-cpu-smoke.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+import d2pruner
+from d2pruner.flops import paper_config
+from d2pruner.models import internvl, llava, tiny
+
+LLAVA_ID, INTERNVL_ID = "llava-hf/llava-1.5-7b-hf", "OpenGVLab/InternVL2_5-8B-MPO-hf"
+
+
+def build_full(family: str, attn: str, dtype: torch.dtype, device: str):
+    """A full-size model from the shipped config, random weights, built directly on ``device``."""
+    from transformers import (CLIPVisionConfig, InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig,
+                              LlamaConfig, LlavaConfig, LlavaForConditionalGeneration)
+
+    cfg = paper_config(LLAVA_ID if family == "llava" else INTERNVL_ID)
+    text = LlamaConfig(**{k: v for k, v in cfg["text_config"].items() if k != "model_type"}, attn_implementation=attn)
+    vis = {k: v for k, v in cfg["vision_config"].items() if k != "model_type"}
+    if family == "llava":
+        config = LlavaConfig(vision_config=CLIPVisionConfig(**vis), text_config=text, image_token_id=cfg["image_token_id"],
+                             vision_feature_layer=cfg["vision_feature_layer"], attn_implementation=attn,
+                             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+        cls = LlavaForConditionalGeneration
+    else:
+        config = InternVLConfig(vision_config=InternVLVisionConfig(**vis), text_config=text,
+                                image_token_id=cfg["image_token_id"], downsample_ratio=cfg["downsample_ratio"],
+                                attn_implementation=attn, tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+        cls = InternVLForConditionalGeneration
+    with torch.device(device):
+        model = cls(config)
+    return model.to(dtype).eval(), int(cfg["image_token_id"])
+
+
+def make_inputs(family: str, image_token: int, tiles: int, image_px: int, device: str, text: int = 48):
+    n_img = 576 if family == "llava" else 256 * (tiles + (tiles > 1))
+    gen = torch.Generator().manual_seed(0)
+    words = torch.randint(3, 1000 if image_token > 1000 else image_token - 1, (text,), generator=gen)
+    ids = torch.cat([torch.tensor([1]), words[: text // 2], torch.full((n_img,), image_token), words[text // 2:]])[None]
+    n_pix = 1 if family == "llava" else tiles + (tiles > 1)
+    pixels = torch.randn(n_pix, 3, image_px, image_px, generator=gen)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "pixel_values": pixels.to(device)}
+
+
+class Timer:
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+
+    def __call__(self, fn, repeats: int, warmup: int) -> float:
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append(1e3 * (time.perf_counter() - t0))
+        return statistics.median(times)
+
+
+@torch.no_grad()
+def measure(model, family, inputs, budget, grid, device, new_tokens, repeats, warmup) -> dict:
+    timer = Timer(device)
+    px = inputs["pixel_values"].to(model.dtype)
+    batch = {**inputs, "pixel_values": px.to(device)}
+    handle = None
+    if budget is not None:
+        handle = (llava if family == "llava" else internvl).attach(model, budget)
+        if family == "internvl":
+            handle.set_tile_grids([grid])
+    try:
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        prefill = timer(lambda: model(**batch, logits_to_keep=1), repeats, warmup)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+        gen = timer(lambda: model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False),
+                    max(1, repeats // 2), 1)
+        stats = handle.stats[0] if handle else None
+    finally:
+        if handle:
+            handle.remove()
+    return {"prefill_ms": prefill, "decode_ms_per_token": (gen - prefill) / max(1, new_tokens - 1), "peak_gib": peak,
+            "visual_before": stats.n_visual_before if stats else None, "visual_after": stats.n_visual_after if stats else None,
+            "selection_ms": stats.selection_ms if stats else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU (CI)")
+    parser.add_argument("--families", nargs="*", default=["llava", "internvl"])
+    parser.add_argument("--attn", nargs="*", default=["sdpa", "eager"])
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=pathlib.Path)
+    args = parser.parse_args(argv)
+    device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
+    if not args.smoke and device == "cpu":
+        print("error: no CUDA device; run with --smoke for the CPU version on tiny models", file=sys.stderr)
+        return 2
+    repeats, warmup = (2, 1) if args.smoke else (args.repeats, 2)
+    new_tokens = 4 if args.smoke else args.new_tokens
+    rows = []
+    print(f"{'family':8} {'attn':5} {'tiles':>5} {'budget':>7} {'visual':>11} {'prefill ms':>10} {'decode ms/tok':>13} "
+          f"{'peak GiB':>8} {'select ms':>9} {'prefill x':>9} {'decode x':>8}")
+    for family in args.families:
+        for attn in args.attn:
+            if args.smoke:
+                model = (tiny.tiny_llava if family == "llava" else tiny.tiny_internvl)(attn_implementation=attn)
+                token, px = tiny.IMAGE_TOKEN, 48 if family == "llava" else 64
+            else:
+                model, token = build_full(family, attn, torch.float16, device)
+                px = 336 if family == "llava" else 448
+            if family == "llava":
+                cases = [(1, None, b) for b in (None, 576, 192, 128, 64)]
+            else:
+                tile_set = (1, 2) if args.smoke else (1, 6, 12)
+                cases = [(t, internvl.tile_grid((448, 448 * t), max_tiles=t) if t > 1 else (1, 1), b)
+                         for t in tile_set for b in (None, 1.0, 0.25, 0.1)]
+            base = None
+            for tiles, grid, budget in cases:
+                inputs = make_inputs(family, token, tiles, px, device)
+                r = measure(model, family, inputs, budget, grid, device, new_tokens, repeats, warmup)
+                if budget is None:
+                    base = r
+                r.update(family=family, attn=attn, tiles=tiles, budget=budget if budget is not None else "unpruned",
+                         prefill_ratio=r["prefill_ms"] / base["prefill_ms"],
+                         decode_ratio=r["decode_ms_per_token"] / base["decode_ms_per_token"])
+                rows.append(r)
+                vis = f"{r['visual_before']}->{r['visual_after']}" if r["visual_before"] else "all"
+                print(f"{family:8} {attn:5} {tiles:5d} {str(r['budget']):>7} {vis:>11} {r['prefill_ms']:10.2f} "
+                      f"{r['decode_ms_per_token']:13.2f} {r['peak_gib'] if r['peak_gib'] is not None else float('nan'):8.2f} "
+                      f"{r['selection_ms'] if r['selection_ms'] is not None else float('nan'):9.2f} "
+                      f"{r['prefill_ratio']:9.3f} {r['decode_ratio']:8.3f}", flush=True)
+            del model
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    if args.out:
+        import transformers
+
+        meta = {"command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or platform.machine(),
+                "d2pruner": d2pruner.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                "smoke": args.smoke, "dtype": "float32" if args.smoke else "float16"}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
