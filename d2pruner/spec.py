@@ -138,11 +138,12 @@ class D2PrunerConfig:
 
 
 class Role(enum.IntEnum):
-    """Why a token was kept: one of the three steps that can keep it."""
+    """Why a token was kept: one of D2Pruner's three steps, or ``KEPT`` for a baseline method."""
 
     PIVOT = 0
     MIS = 1
     TOPUP = 2
+    KEPT = 3
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -506,8 +507,11 @@ class Selection:
         return self.kept[self.roles == int(role)]
 
     def counts(self) -> dict[str, int]:
-        """Number of kept tokens per role name."""
-        return {r.name.lower(): int((self.roles == int(r)).sum()) for r in Role}
+        """Number of kept tokens per role name (``kept``, the baselines' role, only when present)."""
+        counts = {r.name.lower(): int((self.roles == int(r)).sum()) for r in Role}
+        if not counts["kept"]:
+            del counts["kept"]
+        return counts
 
     def __repr__(self) -> str:
         return f"Selection(kept={self.kept.tolist()}, roles={[Role(int(r)).name.lower() for r in self.roles]})"

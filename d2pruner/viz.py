@@ -16,7 +16,7 @@ from d2pruner.spec import Role
 __all__ = ["ROLE_COLOURS", "image_grid_features", "show_graph", "show_mis_order", "show_scores", "show_tokens",
            "synthetic_attention"]
 
-ROLE_COLOURS = {Role.PIVOT: "#d62728", Role.MIS: "#1f77b4", Role.TOPUP: "#ff7f0e"}
+ROLE_COLOURS = {Role.PIVOT: "#d62728", Role.MIS: "#1f77b4", Role.TOPUP: "#ff7f0e", Role.KEPT: "#2ca02c"}
 
 
 def _cells(image: np.ndarray, side: int) -> np.ndarray:

@@ -200,7 +200,7 @@ def test_internvl_needs_the_tile_grid():
 
 def test_bad_configuration_is_refused():
     model = family_model("llava")
-    with pytest.raises(ValueError, match=r"prune_layer=4 must lie in \[1, 3\]"):
+    with pytest.raises(ValueError, match=r"prune_layer=4 must lie in \[0, 3\]"):
         llava.attach(model, 64, config=D2PrunerConfig(prune_layer=4))
     with pytest.raises(ValueError, match="expects a LlavaForConditionalGeneration"):
         llava.attach(family_model("internvl"), 64)

@@ -32,7 +32,7 @@ import torch
 
 from d2pruner.spec import D2PrunerConfig, Role, Selection, TokenLayout, resolve_budget
 
-__all__ = ["D2PrunerMethod", "ItemInputs", "ItemStats", "PruningHandle", "last_token_attention"]
+__all__ = ["D2PrunerMethod", "ItemInputs", "ItemStats", "PruningHandle", "last_token_attention", "resolve_method"]
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
@@ -55,6 +55,11 @@ class D2PrunerMethod:
     config: D2PrunerConfig = D2PrunerConfig()
     backend: str = "fast"
     name: str = "d2pruner"
+    needs_attention: bool = True
+
+    @property
+    def default_layer(self) -> int:
+        return self.config.prune_layer
 
     def select(self, items: Sequence[ItemInputs], n_keep: Sequence[int]) -> list[Selection]:
         from d2pruner.api import select_tokens
@@ -84,7 +89,27 @@ class ItemStats:
     method: str
 
     def counts(self) -> dict[str, int]:
-        return {r.name.lower(): int((self.roles == int(r)).sum()) for r in Role}
+        return Selection(self.kept, self.roles).counts()
+
+
+def resolve_method(method: Any, config: D2PrunerConfig | None, backend: str, prune_layer: int | None) -> tuple[Any, int]:
+    """The selection method object and its pruning layer.
+
+    ``method`` is None (D2Pruner with ``config``), a name from :data:`d2pruner.methods.METHODS`, or an
+    object with ``select``; the layer is ``prune_layer`` if given, else the method's default
+    (``config.prune_layer`` for D2Pruner).
+    """
+    config = config or D2PrunerConfig()
+    if method is None or method == "d2pruner":
+        method = D2PrunerMethod(config, backend)
+    elif isinstance(method, str):
+        from d2pruner.methods import get_method
+
+        method = get_method(method)
+    if not callable(getattr(method, "select", None)):
+        raise ValueError(f"method must be a name or have a select(items, n_keep) method, got {method!r}")
+    layer = prune_layer if prune_layer is not None else getattr(method, "default_layer", config.prune_layer)
+    return method, int(layer)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -135,6 +160,7 @@ class _Pruned:
     slot_valid: torch.Tensor  # (B, L') False for left-padding dummies
     prompt_len: int
     cache: Any
+    shift: torch.Tensor | None = None  # (B,) position shift of later tokens when pruned before the LLM
 
 
 class PruningHandle:
@@ -155,9 +181,13 @@ class PruningHandle:
             raise ValueError(f"attention implementation {text_impl!r} is not supported; load the model with "
                              f"attn_implementation in {SUPPORTED_ATTENTION}")
         layers = language_model.layers
-        if not 1 <= prune_layer < len(layers):
-            raise ValueError(f"prune_layer={prune_layer} must lie in [1, {len(layers) - 1}] for a {len(layers)}-layer model")
+        if not 0 <= prune_layer < len(layers):
+            raise ValueError(f"prune_layer={prune_layer} must lie in [0, {len(layers) - 1}] for a {len(layers)}-layer model")
+        if prune_layer == 0 and getattr(method, "needs_attention", False):
+            raise ValueError(f"method {getattr(method, 'name', method)!r} reads the attention row of layer K-1, so it "
+                             "cannot prune before the LLM (prune_layer=0)")
         self.model, self.layers, self.find_items = model, layers, find_items
+        self.language_model = language_model
         self.budget, self.method, self.prune_layer = budget, method, prune_layer
         self.prior, self.expand_prior = prior, expand_prior
         self.stats: list[ItemStats] = []
@@ -167,7 +197,10 @@ class PruningHandle:
         self._pruned: _Pruned | None = None
         self._step: dict = {}
         self._handles = [model.register_forward_pre_hook(self._on_model, with_kwargs=True)]
-        self._handles.append(layers[prune_layer - 1].register_forward_pre_hook(self._on_score_layer, with_kwargs=True))
+        if prune_layer > 0:
+            self._handles.append(layers[prune_layer - 1].register_forward_pre_hook(self._on_score_layer, with_kwargs=True))
+        else:  # before the LLM: the kept tokens are renumbered as if the placeholders had been shortened
+            self._handles.append(language_model.register_forward_pre_hook(self._on_language_model, with_kwargs=True))
         for i in range(prune_layer, len(layers)):
             self._handles.append(layers[i].register_forward_pre_hook(self._make_cut_hook(i), with_kwargs=True))
 
@@ -206,11 +239,37 @@ class PruningHandle:
             self._mode, self._items, self._pruned = "prefill", items, None
         elif self._pruned is not None and cache is self._pruned.cache and cache is not None:
             q = input_ids.shape[1] if input_ids is not None else kwargs["inputs_embeds"].shape[1]
-            total = mask2d.shape[-1] if mask2d is not None and mask2d.ndim == 2 else cache.get_seq_length() + q
+            if mask2d is not None and mask2d.ndim == 2:
+                total = mask2d.shape[-1]
+            else:  # in the original numbering: the prompt plus the tokens decoded since
+                cached = self._pruned.index.shape[1] if self.prune_layer == 0 else self._pruned.prompt_len
+                total = self._pruned.prompt_len + cache.get_seq_length() - cached + q
             self._mode, self._step = "decode", {"q": q, "total": total}
         else:
             self._mode, self._pruned = "off", None
         return None
+
+    # -- before the LLM: keep decoding steps consistent with the shortened prompt ------------------------
+    def _on_language_model(self, module, args, kwargs):
+        if self._mode != "decode":
+            return None
+        p = self._pruned
+        kwargs = dict(kwargs)
+        if kwargs.get("position_ids") is not None:
+            kwargs["position_ids"] = kwargs["position_ids"] - p.shift[:, None]  # (B, q)
+        mask = kwargs.get("attention_mask")
+        b = p.index.shape[0]
+        total = self._step["total"]
+        new_cols = torch.arange(p.prompt_len, total, device=p.index.device).expand(b, -1)  # (B, T)
+        if mask is not None and mask.ndim == 2:
+            kept = mask.gather(1, p.index) * p.slot_valid.to(mask.dtype)  # (B, L'): dummies are padding
+            kwargs["attention_mask"] = torch.cat([kept, mask.gather(1, new_cols)], dim=1)  # (B, L' + T)
+        elif mask is None:
+            ones = torch.ones(b, total - p.prompt_len, dtype=torch.long, device=p.index.device)
+            kwargs["attention_mask"] = torch.cat([p.slot_valid.long(), ones], dim=1)
+        else:
+            raise ValueError("pruning before the LLM needs a 2-D attention mask (or none) while decoding")
+        return args, kwargs
 
     # -- layer K-1: the attention row ----------------------------------------------------------------
     def _on_score_layer(self, module, args, kwargs):
@@ -228,7 +287,7 @@ class PruningHandle:
                     self._select_and_build(hidden, kwargs)
                     args, kwargs = self._replace_hidden(args, kwargs, self._step["hidden"])
                 kwargs = {**kwargs, **self._step["kwargs"]}
-            elif self._mode == "decode":
+            elif self._mode == "decode" and self.prune_layer > 0:
                 if "mask" not in self._step:
                     self._step["mask"] = self._decode_mask(kwargs.get("attention_mask"))
                 kwargs = {**kwargs, "attention_mask": self._step["mask"]}
@@ -258,7 +317,8 @@ class PruningHandle:
         for i in present:
             pos, layout = self._items[i]
             prior = None if self.prior is None else self.expand_prior(self.prior, layout).to(device)
-            inputs.append(ItemInputs(self._row[i, pos], hidden[i, pos], layout, prior))
+            attn = None if self._row is None else self._row[i, pos]
+            inputs.append(ItemInputs(attn, hidden[i, pos], layout, prior))
         budgets = self._budgets([len(it.layout) for it in inputs])
         t0 = time.perf_counter()
         selections = self.method.select(inputs, budgets)
@@ -294,8 +354,18 @@ class PruningHandle:
         gather3 = lambda t: t.expand(b, n_seq, t.shape[-1]).gather(1, index[..., None].expand(b, new_len, t.shape[-1]))  # noqa: E731
         cos, sin = kwargs["position_embeddings"]
         new_kwargs = {"position_embeddings": (gather3(cos), gather3(sin))}  # each (B, L', hd)
-        if kwargs.get("position_ids") is not None:
-            new_kwargs["position_ids"] = kwargs["position_ids"].expand(b, n_seq).gather(1, index)  # (B, L')
+        pos_ids = kwargs.get("position_ids")
+        if pos_ids is None:
+            pos_ids = torch.arange(n_seq, device=device)[None]
+        pos_ids = pos_ids.expand(b, n_seq)  # (B, L)
+        new_kwargs["position_ids"] = pos_ids.gather(1, index)  # (B, L'): kept tokens keep their ids ...
+        if self.prune_layer == 0:  # ... unless pruned before the LLM: then renumber past the dropped ones
+            keep_mask = torch.zeros(b, n_seq, dtype=torch.long, device=device).scatter_(1, index, slot_valid.long())
+            dropped_before = torch.cumsum(1 - keep_mask, dim=1)  # (B, L): dropped tokens at or before each position
+            new_pos = (pos_ids - dropped_before).clamp(min=0).gather(1, index)  # (B, L')
+            new_kwargs["position_ids"] = new_pos
+            new_kwargs["position_embeddings"] = self.language_model.rotary_emb(hidden, position_ids=new_pos)
+            self._pruned.shift = (1 - keep_mask).sum(dim=1)  # (B,) how far later positions move back
         new_kwargs["attention_mask"] = self._prefill_mask(kwargs.get("attention_mask"), index, slot_valid, hidden.dtype)
         self._step = {"hidden": gather3(hidden), "kwargs": new_kwargs}
 

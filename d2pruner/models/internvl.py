@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import torch
 
-from d2pruner.models.hooks import D2PrunerMethod, PruningHandle
+from d2pruner.models.hooks import PruningHandle, resolve_method
 from d2pruner.models.prior import prior_tensor
 from d2pruner.spec import D2PrunerConfig, TokenLayout
 
@@ -102,7 +102,7 @@ def _expand_prior(prior: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
 
 
 def attach(model, budget: Any, *, config: D2PrunerConfig | None = None, prior: Any = None, method: Any = None,
-           backend: str = "fast", max_tiles: int = 12) -> InternVLHandle:
+           backend: str = "fast", max_tiles: int = 12, prune_layer: int | None = None) -> InternVLHandle:
     """Prune the visual tokens of an InternVL model at decoder layer ``config.prune_layer``.
 
     Parameters are those of :func:`d2pruner.models.llava.attach`, plus ``max_tiles`` (the processor's
@@ -114,13 +114,14 @@ def attach(model, budget: Any, *, config: D2PrunerConfig | None = None, prior: A
     if not isinstance(model, (InternVLForConditionalGeneration, InternVLModel)):
         raise ValueError(f"internvl.attach expects an InternVLForConditionalGeneration, got {type(model).__name__}")
     config = config or D2PrunerConfig()
+    method, layer = resolve_method(method, config, backend, prune_layer)
     inner = model.model if isinstance(model, InternVLForConditionalGeneration) else model
     side = tile_side(model)
     token_id = int(model.config.image_token_id)
     handle: InternVLHandle
     handle = InternVLHandle(inner, language_model=inner.language_model,
                             find_items=lambda ids: find_items(ids, token_id, side, handle.tile_grids), budget=budget,
-                            method=method or D2PrunerMethod(config, backend), prune_layer=config.prune_layer,
-                            prior=prior_tensor(prior, side * side, model, config.prune_layer), expand_prior=_expand_prior)
+                            method=method, prune_layer=layer,
+                            prior=prior_tensor(prior, side * side, model, layer), expand_prior=_expand_prior)
     handle.max_tiles = int(max_tiles)
     return handle

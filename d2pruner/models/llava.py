@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from d2pruner.models.hooks import D2PrunerMethod, PruningHandle
+from d2pruner.models.hooks import PruningHandle, resolve_method
 from d2pruner.models.prior import prior_tensor
 from d2pruner.spec import D2PrunerConfig, TokenLayout
 
@@ -57,7 +57,7 @@ def _expand_prior(prior: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
 
 
 def attach(model, budget: Any, *, config: D2PrunerConfig | None = None, prior: Any = None, method: Any = None,
-           backend: str = "fast") -> PruningHandle:
+           backend: str = "fast", prune_layer: int | None = None) -> PruningHandle:
     """Prune the visual tokens of a LLaVA model at decoder layer ``config.prune_layer``.
 
     Parameters
@@ -68,8 +68,12 @@ def attach(model, budget: Any, *, config: D2PrunerConfig | None = None, prior: A
     config : D2PrunerConfig, optional
     prior : Tensor (side*side,), a :class:`d2pruner.models.prior.Prior`, or None
         Positional-bias prior; without it D2Pruner runs un-debiased (the statistics say so).
-    method : selection method, optional
-        Defaults to ``D2PrunerMethod(config, backend)``.
+    method : str or selection method, optional
+        D2Pruner by default; or a name from :data:`d2pruner.methods.METHODS` (``"fastv"``,
+        ``"divprune"``, ...) or an object with ``select(items, n_keep)``.
+    prune_layer : int, optional
+        Where to prune; default: the method's own point (``config.prune_layer`` for D2Pruner, 0 =
+        before the LLM for DivPrune and Random).
 
     Returns
     -------
@@ -81,12 +85,13 @@ def attach(model, budget: Any, *, config: D2PrunerConfig | None = None, prior: A
     if not isinstance(model, (LlavaForConditionalGeneration, LlavaModel)):
         raise ValueError(f"llava.attach expects a LlavaForConditionalGeneration, got {type(model).__name__}")
     config = config or D2PrunerConfig()
+    method, layer = resolve_method(method, config, backend, prune_layer)
     inner = model.model if isinstance(model, LlavaForConditionalGeneration) else model
     side = grid_side(model)
     token_id = int(model.config.image_token_id)
-    prior_values = prior_tensor(prior, side * side, model, config.prune_layer)
+    prior_values = prior_tensor(prior, side * side, model, layer)
     return PruningHandle(inner, language_model=inner.language_model,
                          find_items=lambda ids: find_items(ids, token_id, side), budget=budget,
-                         method=method or D2PrunerMethod(config, backend), prune_layer=config.prune_layer,
+                         method=method, prune_layer=layer,
                          prior=prior_values, expand_prior=_expand_prior)
 

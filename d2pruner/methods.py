@@ -1,0 +1,111 @@
+"""Selection methods behind one interface, by name, for the model hooks.
+
+A method has a ``name``, the decoder layer it prunes at by default (``default_layer``; 0 = before the
+LLM, where the kept tokens are renumbered as if the image placeholders had been shortened), whether
+it reads the attention row of layer K-1 (``needs_attention``), and ``select(items, n_keep) ->
+list[Selection]`` over :class:`d2pruner.models.hooks.ItemInputs`. Baselines tag every kept token
+with :attr:`~d2pruner.spec.Role.KEPT` (they have no pivots or MIS).
+
+>>> sorted(METHODS)
+['d2pruner', 'divprune', 'fastv', 'mmr-d2score', 'random']
+>>> get_method("fastv").default_layer, get_method("divprune").default_layer
+(2, 0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from d2pruner import baselines
+from d2pruner.spec import D2PrunerConfig, Role, Selection
+
+__all__ = ["METHODS", "DivPruneMethod", "FastVMethod", "MMRMethod", "RandomMethod", "get_method"]
+
+
+def _kept(kept_row: torch.Tensor) -> Selection:
+    kept = kept_row[kept_row >= 0].cpu().numpy()
+    return Selection(kept, np.full(len(kept), int(Role.KEPT), np.int8))
+
+
+def _need_attention(name: str, items) -> None:
+    if any(it.attn is None for it in items):
+        raise ValueError(f"{name} needs the attention row of layer K-1, which is not available before the LLM")
+
+
+@dataclasses.dataclass(frozen=True)
+class FastVMethod:
+    """FastV (ECCV'24): the top-n tokens of the raw last-token attention at layer K-1, K = 2."""
+
+    name: str = "fastv"
+    default_layer: int = 2
+    needs_attention: bool = True
+
+    def select(self, items, n_keep: Sequence[int]) -> list[Selection]:
+        _need_attention(self.name, items)
+        return [_kept(baselines.fastv_selection(it.attn[None].float(), [k])[0]) for it, k in zip(items, n_keep)]
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomMethod:
+    """Uniform sampling without replacement; an item's choice depends only on ``seed``, N and its budget."""
+
+    seed: int = 0
+    name: str = "random"
+    default_layer: int = 0
+    needs_attention: bool = False
+
+    def select(self, items, n_keep: Sequence[int]) -> list[Selection]:
+        return [_kept(baselines.random_selection(len(it.layout), [k], self.seed)[0]) for it, k in zip(items, n_keep)]
+
+
+@dataclasses.dataclass(frozen=True)
+class DivPruneMethod:
+    """DivPrune (CVPR'25): greedy max-min diversity of the projected visual features, before the LLM."""
+
+    name: str = "divprune"
+    default_layer: int = 0
+    needs_attention: bool = False
+
+    def select(self, items, n_keep: Sequence[int]) -> list[Selection]:
+        return [_kept(baselines.divprune_selection(it.features[None], [k])[0]) for it, k in zip(items, n_keep)]
+
+
+@dataclasses.dataclass(frozen=True)
+class MMRMethod:
+    """Training-free IDPruner variant: maximal marginal relevance with D2Pruner's debiased attention as
+    the importance (the published IDPruner uses a trained scorer), at layer K = 2."""
+
+    lam: float = 0.5
+    eps: float = D2PrunerConfig.eps
+    name: str = "mmr-d2score"
+    default_layer: int = 2
+    needs_attention: bool = True
+
+    def select(self, items, n_keep: Sequence[int]) -> list[Selection]:
+        _need_attention(self.name, items)
+        out = []
+        for it, k in zip(items, n_keep):
+            imp = it.attn.double() if it.prior is None else it.attn.double() / (it.prior.double() + self.eps)
+            out.append(_kept(baselines.mmr_selection(imp[None], it.features[None], [k], self.lam)[0]))
+        return out
+
+
+def _d2pruner(**kw):
+    from d2pruner.models.hooks import D2PrunerMethod
+
+    return D2PrunerMethod(**kw)
+
+
+METHODS = {"d2pruner": _d2pruner, "fastv": FastVMethod, "random": RandomMethod, "divprune": DivPruneMethod,
+           "mmr-d2score": MMRMethod}
+
+
+def get_method(name: str, **options):
+    """A method by name, with its options (e.g. ``get_method("random", seed=3)``)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name](**options)

@@ -1,0 +1,110 @@
+"""Every registered method inside both tiny model families, at its own pruning point."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from d2pruner.baselines import fastv_selection
+from d2pruner.methods import METHODS, get_method
+from d2pruner.models import internvl, llava, tiny
+from d2pruner.models.prior import attention_rows
+from model_inputs import FAMILIES, left_padded_batch
+
+
+def family_model(family):
+    return tiny.tiny_llava() if family == "llava" else tiny.tiny_internvl()
+
+
+def attach(family, model, budget, grids, **kw):
+    handle = (llava if family == "llava" else internvl).attach(model, budget, **kw)
+    if family == "internvl":
+        handle.set_tile_grids(grids)
+    return handle
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_generates_with_exact_budgets(family, name):
+    model = family_model(family)
+    batch, items = left_padded_batch(family, [(3, 4), (6, 2)])
+    with torch.no_grad(), attach(family, model, [40, 0.2], items.grids, method=name) as handle:
+        out = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == batch["input_ids"].shape[1] + 3
+    n = items.n_visual
+    assert [s.n_visual_after for s in handle.stats] == [40, max(1, int(np.floor(0.2 * n[1] + 0.5)))]
+    assert all(s.method == name for s in handle.stats)
+    assert handle.prune_layer == get_method(name).default_layer
+
+
+def _shortened_embeds(model, batch, dropped):
+    """Independent reference for pruning before the LLM: drop the image embeddings from the input
+    sequence itself (as if the placeholders had been shortened) and left-pad again."""
+    inner = model.model
+    embeds = inner.get_input_embeddings()(batch["input_ids"])
+    feats = inner.get_image_features(pixel_values=batch["pixel_values"], return_dict=True).pooler_output
+    feats = torch.cat(list(feats), dim=0) if isinstance(feats, (list, tuple)) else feats.reshape(-1, embeds.shape[-1])
+    mask = batch["input_ids"] == tiny.IMAGE_TOKEN
+    embeds = embeds.masked_scatter(mask[..., None], feats.to(embeds.dtype))
+    rows = [embeds[i][~dropped[i]] for i in range(len(embeds))]
+    masks = [batch["attention_mask"][i][~dropped[i]] for i in range(len(embeds))]
+    width = max(len(r) for r in rows)
+    out = torch.zeros(len(rows), width, embeds.shape[-1])
+    out_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, (r, m) in enumerate(zip(rows, masks)):
+        out[i, width - len(r):], out_mask[i, width - len(m):] = r, m
+    return out, out_mask
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pruning_before_the_llm_equals_shortened_placeholders(family):
+    from model_inputs import dropped_positions
+
+    model = family_model(family)
+    for spec in ([(3, 4)], [(3, 4), (6, 2)]):
+        batch, items = left_padded_batch(family, spec)
+        with torch.no_grad():
+            with attach(family, model, 48, items.grids, method="divprune") as handle:
+                pruned_logits = model(**batch).logits[:, -1]
+                pruned = model.generate(**batch, max_new_tokens=4, do_sample=False)
+            dropped = dropped_positions(batch["input_ids"], items.find_items(model), handle.stats)
+            embeds, mask = _shortened_embeds(model, batch, dropped)
+            ref = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=4, do_sample=False)
+            if len(spec) == 1:  # no padding: plain forwards number positions alike
+                ref_logits = model(inputs_embeds=embeds, attention_mask=mask).logits[:, -1]
+                torch.testing.assert_close(pruned_logits, ref_logits, atol=1e-5, rtol=0)
+        assert pruned[:, -4:].tolist() == ref[:, -4:].tolist()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fastv_in_the_model_keeps_the_top_of_the_attention_row(family):
+    model = family_model(family)
+    batch, items = left_padded_batch(family, [(3, 4), (6, 2)])
+    with torch.no_grad(), attach(family, model, 30, items.grids, method="fastv") as handle:
+        model(**batch)
+    rows = attention_rows(model, batch, 2, items.find_items(model))
+    for (row, _), stats in zip(rows, handle.stats):
+        want = fastv_selection(row[None], [30])[0].tolist()
+        assert stats.kept.tolist() == want and stats.counts() == {"pivot": 0, "mis": 0, "topup": 0, "kept": 30}
+
+
+def test_method_errors():
+    model = family_model("llava")
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        llava.attach(model, 10, method="nope")
+    with pytest.raises(ValueError, match="'fastv' reads the attention row of layer K-1, so it cannot prune before the LLM"):
+        llava.attach(model, 10, method="fastv", prune_layer=0)
+    with pytest.raises(ValueError, match="must be a name or have a select"):
+        llava.attach(model, 10, method=object())
+
+
+def test_random_is_reproducible_inside_the_model():
+    model = family_model("llava")
+    batch, _ = left_padded_batch("llava", [(3, 4)])
+    kept = []
+    for seed in (1, 1, 2):
+        with torch.no_grad(), llava.attach(model, 20, method=get_method("random", seed=seed)) as handle:
+            model(**batch)
+        kept.append(handle.stats[0].kept.tolist())
+    assert kept[0] == kept[1] != kept[2]
