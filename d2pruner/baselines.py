@@ -11,6 +11,8 @@ attaching a method at its published point is the model hooks' business.
 * :func:`fastv_selection` -- the top-n of the raw attention row (D2Pruner's score without the prior).
 * :func:`divprune_selection` -- greedy max-min diversity on the cosine distance ``1 - cos``.
 * :func:`mmr_selection` -- maximal marginal relevance (IDPruner): ``lam * Imp - (1 - lam) * max cos``.
+* :func:`dart_selection` -- DART: pivots by key norm, then each pivot claims the visual tokens least
+  similar to it (duplication, not importance).
 * :func:`cdpruner_selection` -- greedy MAP of a conditional DPP ``L = diag(q) S diag(q)`` (fast greedy
   MAP inference by incremental Cholesky, Chen et al., NeurIPS 2018), exactly n steps.
 
@@ -25,7 +27,7 @@ import torch
 
 from d2pruner.spec import NORM_EPS, rank_order
 
-__all__ = ["cdpruner_order", "cdpruner_selection", "divprune_order", "divprune_selection", "fastv_selection",
+__all__ = ["cdpruner_order", "cdpruner_selection", "dart_selection", "divprune_order", "divprune_selection", "fastv_selection",
            "mmr_order", "mmr_selection", "random_selection"]
 
 
@@ -186,3 +188,51 @@ def cdpruner_order(features: torch.Tensor, relevance: torch.Tensor, k: int) -> t
         factors[:, step] = e
         residual = residual - e * e
     return torch.stack(chosen, dim=1)  # (B, K) in pick order
+
+
+def dart_selection(features: torch.Tensor, key_norms: torch.Tensor, n_keep: int, text_features: torch.Tensor | None = None,
+                   text_key_norms: torch.Tensor | None = None, image_pivots: int = 4, text_pivots: int = 4) -> tuple[list[int], list[int]]:
+    """DART for one item (our reading of the published description).
+
+    Pivots: the ``image_pivots`` visual tokens and the ``text_pivots`` text tokens with the largest
+    L1 key norms (ties to the lower index). The visual pivots are kept. The rest of the budget is
+    split over the pivots in order (visual pivots first, the remainder to the first ones), and each
+    pivot in turn claims its share of the not-yet-kept visual tokens least cosine-similar to it.
+
+    Parameters
+    ----------
+    features : Tensor (N, D) -- visual hidden states; key_norms : Tensor (N,)
+    n_keep : int; text_features : Tensor (T, D) or None; text_key_norms : Tensor (T,) or None
+
+    Returns
+    -------
+    (kept, pivots): kept visual indices ascending, and the visual pivots. With no pivot at all
+    (``image_pivots=0`` and no text pivot) the budget is filled in key-norm order.
+
+    >>> f = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]])
+    >>> dart_selection(f, torch.tensor([5.0, 1.0, 1.0, 1.0]), 2, image_pivots=1, text_pivots=0)
+    ([0, 3], [0])
+    """
+    n = features.shape[0]
+    _check(n, [n_keep])
+    img_piv = rank_order(key_norms.double())[: min(image_pivots, n_keep)].tolist()
+    pivots = [features[i] for i in img_piv]
+    if text_features is not None and text_key_norms is not None and len(text_key_norms) and text_pivots > 0:
+        pivots += [text_features[j] for j in rank_order(text_key_norms.double())[:text_pivots].tolist()]
+    kept = list(img_piv)
+    remaining = n_keep - len(kept)
+    if not pivots:  # no pivot at all (none asked for, no text): fall back to the key-norm order
+        return sorted(rank_order(key_norms.double())[:n_keep].tolist()), []
+    unit = _unit(features[None])[0]  # (N, D)
+    taken = torch.zeros(n, dtype=torch.bool, device=features.device)
+    taken[kept] = True
+    for j, pivot in enumerate(pivots):
+        quota = remaining // len(pivots) + (1 if j < remaining % len(pivots) else 0)
+        if quota == 0:
+            continue
+        p = _unit(pivot[None, None])[0, 0].to(unit.dtype)
+        sim = (unit @ p).double().masked_fill(taken, float("inf"))  # (N,)
+        picks = rank_order(-sim)[:quota]  # least similar first, ties to the lower index
+        taken[picks] = True
+        kept += picks.tolist()
+    return sorted(kept), img_piv

@@ -7,7 +7,7 @@ list[Selection]`` over :class:`d2pruner.models.hooks.ItemInputs`. Baselines tag 
 with :attr:`~d2pruner.spec.Role.KEPT` (they have no pivots or MIS).
 
 >>> sorted(METHODS)
-['d2pruner', 'divprune', 'fastv', 'mmr-d2score', 'random']
+['d2pruner', 'dart', 'divprune', 'fastv', 'mmr-d2score', 'random']
 >>> get_method("fastv").default_layer, get_method("divprune").default_layer
 (2, 0)
 """
@@ -23,7 +23,7 @@ import torch
 from d2pruner import baselines
 from d2pruner.spec import D2PrunerConfig, Role, Selection
 
-__all__ = ["METHODS", "DivPruneMethod", "FastVMethod", "MMRMethod", "RandomMethod", "get_method"]
+__all__ = ["METHODS", "DARTMethod", "DivPruneMethod", "FastVMethod", "MMRMethod", "RandomMethod", "get_method"]
 
 
 def _kept(kept_row: torch.Tensor) -> Selection:
@@ -94,13 +94,36 @@ class MMRMethod:
         return out
 
 
+@dataclasses.dataclass(frozen=True)
+class DARTMethod:
+    """DART (EMNLP'25) at layer K = 2: pivots by L1 norm of the layer's keys, then duplication-based
+    picks (:func:`d2pruner.baselines.dart_selection`)."""
+
+    image_pivots: int = 4
+    text_pivots: int = 4
+    name: str = "dart"
+    default_layer: int = 2
+    needs_attention: bool = False
+    needs_keys: bool = True
+
+    def select(self, items, n_keep: Sequence[int]) -> list[Selection]:
+        out = []
+        for it, k in zip(items, n_keep):
+            if it.key_norms is None:
+                raise ValueError("dart needs the pruning layer's key norms; attach it through the model hooks")
+            kept, _ = baselines.dart_selection(it.features, it.key_norms, k, it.text_features, it.text_key_norms,
+                                               self.image_pivots, self.text_pivots)
+            out.append(Selection(np.array(kept, np.int64), np.full(len(kept), int(Role.KEPT), np.int8)))
+        return out
+
+
 def _d2pruner(**kw):
     from d2pruner.models.hooks import D2PrunerMethod
 
     return D2PrunerMethod(**kw)
 
 
-METHODS = {"d2pruner": _d2pruner, "fastv": FastVMethod, "random": RandomMethod, "divprune": DivPruneMethod,
+METHODS = {"d2pruner": _d2pruner, "dart": DARTMethod, "fastv": FastVMethod, "random": RandomMethod, "divprune": DivPruneMethod,
            "mmr-d2score": MMRMethod}
 
 

@@ -70,6 +70,11 @@ MUTANTS = {
         "d2pruner/baselines.py", "min_dist = torch.minimum(min_dist,", "min_dist = torch.maximum(min_dist,"),
     "baselines: MMR without the redundancy term": (
         "d2pruner/baselines.py", "score = lam * imp - (1.0 - lam) * max_sim", "score = lam * imp - 0.0 * max_sim"),
+    "baselines: DART pivots by the smallest key norms": (
+        "d2pruner/baselines.py", "img_piv = rank_order(key_norms.double())", "img_piv = rank_order(-key_norms.double())"),
+    "hooks: pre-LLM pruning keeps the original positions": (
+        "d2pruner/models/hooks.py", "new_pos = (pos_ids - dropped_before).clamp(min=0).gather(1, index)",
+        "new_pos = pos_ids.gather(1, index)"),
     "fast scores in float32": ("d2pruner/fast/debias.py", "torch.float64", "torch.float32"),
 }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from d2pruner.baselines import (cdpruner_order, cdpruner_selection, divprune_order, divprune_selection,
@@ -141,3 +141,30 @@ def test_cdpruner_after_the_kernel_rank_is_exhausted():
         assert alone.tolist() == together[i].tolist()
         rest = sorted(set(range(9)) - set(alone[:2].tolist()))
         assert alone[2:].tolist() == rest[:4], "past the rank, picks must take the lowest remaining indices"
+
+
+@given(batch(max_n=20), st.integers(0, 4), st.integers(0, 3))
+@example((torch.tensor([[[0.1257]]], dtype=torch.float64), torch.tensor([[0.2698]], dtype=torch.float64), [1]), 0, 0)
+def test_dart_keeps_the_key_norm_pivots_and_claims_the_least_similar(data, n_img, n_txt):
+    from hypothesis import assume
+
+    from d2pruner.baselines import dart_selection
+
+    feats, scores, n_keep = data
+    f, norms, k = feats[0], scores[0], n_keep[0]
+    text = feats[-1][:3] + 0.5  # (T, D) text hidden states
+    kept, pivots = dart_selection(f, norms, k, text, torch.arange(len(text), dtype=torch.float64), n_img, n_txt)
+    assert len(kept) == k and kept == sorted(set(kept))
+    s = norms.tolist()
+    assert pivots == sorted(range(len(s)), key=lambda j: (-s[j], j))[: min(n_img, k)]
+    assert set(pivots) <= set(kept)
+    n_piv = len(pivots) + min(n_txt, len(text))
+    if not pivots or k == len(pivots):
+        return
+    rest = k - len(pivots)
+    quota = rest // n_piv + (1 if rest % n_piv else 0)
+    u = f.numpy() / np.maximum(np.linalg.norm(f.numpy(), axis=1, keepdims=True), 1e-12)
+    sims = sorted((float(u[i] @ u[pivots[0]]), i) for i in range(len(s)) if i not in pivots)
+    if quota < len(sims):
+        assume(sims[quota][0] - sims[quota - 1][0] > 1e-9)  # no near-tie at the boundary of the share
+    assert {i for _, i in sims[:quota]} <= set(kept), "the first pivot did not claim its least similar tokens"

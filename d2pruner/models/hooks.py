@@ -40,12 +40,17 @@ SUPPORTED_ATTENTION = ("sdpa", "eager")
 @dataclasses.dataclass(frozen=True, eq=False)
 class ItemInputs:
     """What a selection method sees for one item: ``attn`` (N,), ``features`` (N, D), the layout and
-    the prior (N,) or None (tensors on the model's device)."""
+    the prior (N,) or None (tensors on the model's device). Methods with ``needs_keys`` also get the
+    L1 norms of the pruning layer's keys (before RoPE) of the visual tokens (N,) and of the item's
+    text tokens (T,), and the text tokens' hidden states (T, D)."""
 
-    attn: torch.Tensor
+    attn: torch.Tensor | None
     features: torch.Tensor
     layout: TokenLayout
     prior: torch.Tensor | None
+    key_norms: torch.Tensor | None = None
+    text_key_norms: torch.Tensor | None = None
+    text_features: torch.Tensor | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +232,7 @@ class PruningHandle:
                              "use the default dynamic cache (do not pass cache_implementation='static')")
         mask2d = kwargs.get("attention_mask")
         self._row, self._step = None, {}
+        self._mask2d = mask2d if mask2d is not None and mask2d.ndim == 2 else None
         items = self.find_items(input_ids) if input_ids is not None else None
         has_images = items is not None and any(it is not None for it in items)
         if input_ids is None and kwargs.get("pixel_values") is not None:
@@ -313,12 +319,26 @@ class PruningHandle:
         b, n_seq, _ = hidden.shape
         device = hidden.device
         present = [i for i, it in enumerate(self._items) if it is not None]
+        key_norms = None
+        if getattr(self.method, "needs_keys", False):
+            layer = self.layers[self.prune_layer]
+            keys = layer.self_attn.k_proj(layer.input_layernorm(hidden))  # (B, L, kv_heads * head_dim)
+            key_norms = keys.float().abs().sum(dim=-1)  # (B, L)
         inputs = []
         for i in present:
             pos, layout = self._items[i]
             prior = None if self.prior is None else self.expand_prior(self.prior, layout).to(device)
             attn = None if self._row is None else self._row[i, pos]
-            inputs.append(ItemInputs(attn, hidden[i, pos], layout, prior))
+            extra = {}
+            if key_norms is not None:
+                text = torch.ones(n_seq, dtype=torch.bool, device=device)
+                text[pos] = False
+                if self._mask2d is not None:
+                    text &= self._mask2d[i].bool()
+                text_pos = text.nonzero()[:, 0]  # (T,) real, non-visual tokens
+                extra = dict(key_norms=key_norms[i, pos], text_key_norms=key_norms[i, text_pos],
+                             text_features=hidden[i, text_pos])
+            inputs.append(ItemInputs(attn, hidden[i, pos], layout, prior, **extra))
         budgets = self._budgets([len(it.layout) for it in inputs])
         t0 = time.perf_counter()
         selections = self.method.select(inputs, budgets)
