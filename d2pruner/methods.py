@@ -7,7 +7,7 @@ list[Selection]`` over :class:`d2pruner.models.hooks.ItemInputs`. Baselines tag 
 with :attr:`~d2pruner.spec.Role.KEPT` (they have no pivots or MIS).
 
 >>> sorted(METHODS)
-['d2pruner', 'dart', 'divprune', 'fastv', 'mmr-d2score', 'random']
+['d2pruner', 'dart', 'divprune', 'fastv', 'mmr-d2score', 'pyramiddrop', 'random']
 >>> get_method("fastv").default_layer, get_method("divprune").default_layer
 (2, 0)
 """
@@ -23,7 +23,8 @@ import torch
 from d2pruner import baselines
 from d2pruner.spec import D2PrunerConfig, Role, Selection
 
-__all__ = ["METHODS", "DARTMethod", "DivPruneMethod", "FastVMethod", "MMRMethod", "RandomMethod", "get_method"]
+__all__ = ["METHODS", "DARTMethod", "DivPruneMethod", "FastVMethod", "MMRMethod", "PyramidDropMethod", "RandomMethod",
+           "get_method"]
 
 
 def _kept(kept_row: torch.Tensor) -> Selection:
@@ -117,6 +118,51 @@ class DARTMethod:
         return out
 
 
+@dataclasses.dataclass(frozen=True)
+class PyramidDropMethod:
+    """PyramidDrop (CVPR'25): three stages at 1/4, 1/2 and 3/4 of the depth (layers 8/16/24 of 32),
+    each keeping the top of the last token's attention among the remaining visual tokens, the count
+    shrinking by ``lam`` = 0.5 from stage to stage.
+
+    Budget (our equivalent-token rule): the visual tokens *averaged over the layers* equal the budget;
+    the first stage's count follows, ``n1 = (B*L - s1*N) / ((s2-s1) + lam*(s3-s2) + lam^2*(L-s3))``,
+    then ``n2 = max(1, round(lam*n1))``, ``n3 = max(1, round(lam*n2))``. The first 1/4 of the layers see all N tokens,
+    so budgets below N/4 (e.g. 128 or 64 of 576) cannot be met and raise.
+
+    >>> PyramidDropMethod().stage_budgets(576, 192, 32)
+    [110, 55, 28]
+    """
+
+    lam: float = 0.5
+    name: str = "pyramiddrop"
+    needs_attention: bool = True
+    default_layer: int | None = None
+
+    def stage_layers(self, n_layers: int) -> list[int]:
+        layers = [n_layers // 4, n_layers // 2, 3 * n_layers // 4]
+        if layers[0] < 1 or len(set(layers)) < 3:
+            raise ValueError(f"pyramiddrop needs at least 4 decoder layers, the model has {n_layers}")
+        return layers
+
+    def stage_budgets(self, n_visual: int, n_keep: int, n_layers: int) -> list[int]:
+        s1, s2, s3 = self.stage_layers(n_layers)
+        lam = self.lam
+        n1 = (n_keep * n_layers - s1 * n_visual) / ((s2 - s1) + lam * (s3 - s2) + lam * lam * (n_layers - s3))
+        counts = [round(n1)]
+        counts += [max(1, round(lam * counts[-1]))]
+        counts += [max(1, round(lam * counts[-1]))]
+        if counts[0] < 1 or counts[0] > n_visual:
+            low = -(-(s1 * n_visual + (n_layers - s1)) // n_layers)
+            high = n_visual
+            raise ValueError(f"pyramiddrop cannot average {n_keep} visual tokens per layer: its first {s1} of {n_layers} "
+                             f"layers see all {n_visual}; reachable averages lie between about {low} and {high}")
+        return counts
+
+    def select(self, items, n_keep: Sequence[int]) -> list[Selection]:
+        _need_attention(self.name, items)
+        return [_kept(baselines.fastv_selection(it.attn[None].float(), [k])[0]) for it, k in zip(items, n_keep)]
+
+
 def _d2pruner(**kw):
     from d2pruner.models.hooks import D2PrunerMethod
 
@@ -124,7 +170,7 @@ def _d2pruner(**kw):
 
 
 METHODS = {"d2pruner": _d2pruner, "dart": DARTMethod, "fastv": FastVMethod, "random": RandomMethod, "divprune": DivPruneMethod,
-           "mmr-d2score": MMRMethod}
+           "mmr-d2score": MMRMethod, "pyramiddrop": PyramidDropMethod}
 
 
 def get_method(name: str, **options):

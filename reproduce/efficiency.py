@@ -9,7 +9,8 @@ Three tables, printed and written as Markdown and CSV under ``--out``:
    decimal), searching text lengths 0 to 1000, or that none does;
 3. per-method prefill FLOPs for LLaVA-1.5-7B table rows at each budget: methods that prune at K = 2
    (D2Pruner, FastV, DART), before the LLM (VisionZip, DivPrune, CDPruner, IDPruner-MMR, Random),
-   and PyramidDrop's progressive schedule under our equivalent-token rule.
+   and PyramidDrop's progressive schedule under the package's equivalent-token rule (the budgets it
+   cannot reach are marked so).
 
 The models' dimensions come from the configs shipped in ``d2pruner/data`` (see their ``_source``).
 """
@@ -21,6 +22,7 @@ import csv
 import pathlib
 
 from d2pruner.flops import CONVENTIONS, LMDims, paper_config, prefill_flops, reduction
+from d2pruner.methods import PyramidDropMethod
 
 LLAVA, INTERNVL = "llava-hf/llava-1.5-7b-hf", "OpenGVLab/InternVL2_5-8B-MPO-hf"
 LLAVA_BUDGETS = (192, 128, 64)
@@ -29,7 +31,6 @@ PAPER_REDUCTION = 74.2  # abstract: LLaVA-1.5-7B, general understanding
 K = 2
 IN_LLM = ("D2Pruner", "FastV", "DART")
 PRE_LLM = ("VisionZip", "DivPrune", "CDPruner", "IDPruner-MMR", "Random")
-PYRAMID_LAYERS, PYRAMID_LAMBDA = (8, 16, 24), 0.5
 
 
 def internvl_tokens(tiles: int) -> int:
@@ -41,12 +42,11 @@ def d2pruner_schedule(n_visual: int, n_keep: int, k: int = K) -> list[tuple[int,
 
 
 def pyramiddrop_schedule(n_visual: int, budget: int, layers: int = 32) -> list[tuple[int, int]]:
-    """Our equivalent-token rule: stages at layers 8/16/24 keep lambda = 0.5 of the previous stage; the
-    first stage's count n0 is chosen so that the average visual tokens per layer equals ``budget``."""
-    bounds = (0, *PYRAMID_LAYERS, layers)
-    weights = [PYRAMID_LAMBDA ** i * (bounds[i + 1] - bounds[i]) for i in range(len(bounds) - 1)]
-    n0 = min(n_visual, round(budget * layers / sum(weights)))
-    return [(start, round(n0 * PYRAMID_LAMBDA ** i)) for i, start in enumerate(bounds[:-1])]
+    """PyramidDrop's stages under the package's equivalent-token rule (:class:`d2pruner.methods.PyramidDropMethod`):
+    all N tokens up to layer L/4, then counts shrinking by 0.5 per stage, averaging ``budget`` per layer.
+    Raises ``ValueError`` for budgets the schedule cannot reach."""
+    method = PyramidDropMethod()
+    return [(0, n_visual)] + list(zip(method.stage_layers(layers), method.stage_budgets(n_visual, budget, layers)))
 
 
 def table_d2pruner() -> list[dict]:
@@ -92,7 +92,11 @@ def table_methods(text: int = 64, convention: str = "exact") -> list[dict]:
     for budget in LLAVA_BUDGETS:
         scheds = [(m, d2pruner_schedule(576, budget)) for m in IN_LLM]
         scheds += [(m, d2pruner_schedule(576, budget, 0)) for m in PRE_LLM]
-        scheds.append(("PyramidDrop", pyramiddrop_schedule(576, budget, dims.layers)))
+        try:
+            scheds.append(("PyramidDrop", pyramiddrop_schedule(576, budget, dims.layers)))
+        except ValueError as err:
+            rows.append({"method": "PyramidDrop", "budget": budget, "schedule": f"unreachable: {err}", "TFLOPs": "",
+                         "reduction": ""})
         for method, sched in scheds:
             f = prefill_flops(dims, text, sched, conv)
             rows.append({"method": method, "budget": budget, "schedule": str(sched), "TFLOPs": round(f / 1e12, 4),

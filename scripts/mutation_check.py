@@ -75,6 +75,10 @@ MUTANTS = {
     "hooks: pre-LLM pruning keeps the original positions": (
         "d2pruner/models/hooks.py", "new_pos = (pos_ids - dropped_before).clamp(min=0).gather(1, index)",
         "new_pos = pos_ids.gather(1, index)"),
+    "hooks: progressive decoding reuses the first stage's mask": (
+        "d2pruner/models/hooks.py", "stage = max(j for j, s in enumerate(self.stage_layers) if s <= layer_idx)", "stage = 0"),
+    "hooks: progressive stage keeps the previous stage's hidden states unaligned": (
+        "d2pruner/models/hooks.py", "src = slot_of.gather(1, index)  # (B, L') current slot", "src = index.clamp(max=n_cur - 1)  # (B, L') current slot"),
     "fast scores in float32": ("d2pruner/fast/debias.py", "torch.float64", "torch.float32"),
 }
 

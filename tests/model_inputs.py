@@ -65,13 +65,28 @@ def dropped_positions(input_ids, find_items, stats) -> torch.Tensor:
     return dropped
 
 
-@contextlib.contextmanager
-def masked_reference_hooks(model, prune_layer: int, dropped: torch.Tensor):
-    """Keep every token but hide the dropped ones as keys from layer ``prune_layer`` on (a dropped
-    query row sees only itself). Written independently of d2pruner.models.hooks."""
-    layers = model.model.language_model.layers
+def stage_dropped(input_ids, find_items, stage_stats) -> list[torch.Tensor]:
+    """Per pruning stage, (B, L) bool: visual tokens dropped by then (from the handle's stage_stats)."""
+    return [dropped_positions(input_ids, find_items, [_Kept(k) for k in kept]) for kept in stage_stats]
 
-    def hook(module, args, kwargs):
+
+@dataclasses.dataclass
+class _Kept:
+    kept: object
+
+
+@contextlib.contextmanager
+def masked_reference_hooks(model, prune_layer, dropped):
+    """Keep every token but hide the dropped ones as keys from layer ``prune_layer`` on (a dropped
+    query row sees only itself). For progressive pruning pass lists: stage layers and, per stage,
+    the tokens dropped by then. Written independently of d2pruner.models.hooks."""
+    layers = model.model.language_model.layers
+    stages = list(zip(prune_layer, dropped)) if isinstance(prune_layer, (list, tuple)) else [(prune_layer, dropped)]
+
+    def make_hook(dropped):
+        return lambda module, args, kwargs: hook(module, args, kwargs, dropped)
+
+    def hook(module, args, kwargs, dropped):
         mask = kwargs.get("attention_mask")
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         q, b, dev = hidden.shape[1], hidden.shape[0], hidden.device
@@ -104,7 +119,9 @@ def masked_reference_hooks(model, prune_layer: int, dropped: torch.Tensor):
         return None
 
     handles = [model.model.register_forward_pre_hook(count, with_kwargs=True)]
-    handles += [layers[i].register_forward_pre_hook(hook, with_kwargs=True) for i in range(prune_layer, len(layers))]
+    for i in range(stages[0][0], len(layers)):
+        current = [d for s, d in stages if s <= i][-1]
+        handles.append(layers[i].register_forward_pre_hook(make_hook(current), with_kwargs=True))
     try:
         yield
     finally:

@@ -74,10 +74,12 @@ def test_pruning_never_costs_more_and_later_pruning_saves_less(text, keep, k):
 
 
 def test_pyramiddrop_equivalent_tokens():
-    sched = efficiency.pyramiddrop_schedule(576, 128)
+    sched = efficiency.pyramiddrop_schedule(576, 192)
     layers = 32
     counts = [[n for s, n in sched if s <= layer][-1] for layer in range(layers)]
-    assert abs(sum(counts) / layers - 128) < 2 and [s for s, _ in sched] == [0, 8, 16, 24]
+    assert abs(sum(counts) / layers - 192) <= 1 and [s for s, _ in sched] == [0, 8, 16, 24]
+    with pytest.raises(ValueError, match="cannot average 128"):
+        efficiency.pyramiddrop_schedule(576, 128)
 
 
 def test_efficiency_command_writes_tables_that_match_the_counts(tmp_path, capsys):
@@ -92,3 +94,5 @@ def test_efficiency_command_writes_tables_that_match_the_counts(tmp_path, capsys
     assert hit["reproduces_74.2"] == "True" and 60 <= int(hit["closest_text_tokens"]) <= 90
     assert all(r["reproduces_74.2"] == "False" for r in search if r["kept"] == "192")
     assert "74.2" in (tmp_path / "efficiency.md").read_text()
+    methods = list(csv.DictReader(open(tmp_path / "methods.csv")))
+    assert [r["schedule"].startswith("unreachable") for r in methods if r["method"] == "PyramidDrop"] == [False, True, True]

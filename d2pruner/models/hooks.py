@@ -113,6 +113,10 @@ def resolve_method(method: Any, config: D2PrunerConfig | None, backend: str, pru
         method = get_method(method)
     if not callable(getattr(method, "select", None)):
         raise ValueError(f"method must be a name or have a select(items, n_keep) method, got {method!r}")
+    if hasattr(method, "stage_layers"):  # progressive: the method decides its stages
+        if prune_layer is not None:
+            raise ValueError(f"{getattr(method, 'name', method)!r} prunes at its own stages; do not pass prune_layer")
+        return method, -1
     layer = prune_layer if prune_layer is not None else getattr(method, "default_layer", config.prune_layer)
     return method, int(layer)
 
@@ -186,14 +190,19 @@ class PruningHandle:
             raise ValueError(f"attention implementation {text_impl!r} is not supported; load the model with "
                              f"attn_implementation in {SUPPORTED_ATTENTION}")
         layers = language_model.layers
-        if not 0 <= prune_layer < len(layers):
-            raise ValueError(f"prune_layer={prune_layer} must lie in [0, {len(layers) - 1}] for a {len(layers)}-layer model")
-        if prune_layer == 0 and getattr(method, "needs_attention", False):
+        stage_layers = method.stage_layers(len(layers)) if hasattr(method, "stage_layers") else [prune_layer]
+        if stage_layers != sorted(set(stage_layers)) or not all(0 <= s < len(layers) for s in stage_layers):
+            bad = prune_layer if len(stage_layers) == 1 else stage_layers
+            raise ValueError(f"prune_layer={bad} must lie in [0, {len(layers) - 1}] for a {len(layers)}-layer model")
+        prune_layer = stage_layers[0]
+        if prune_layer == 0 and (getattr(method, "needs_attention", False) or len(stage_layers) > 1):
             raise ValueError(f"method {getattr(method, 'name', method)!r} reads the attention row of layer K-1, so it "
                              "cannot prune before the LLM (prune_layer=0)")
         self.model, self.layers, self.find_items = model, layers, find_items
         self.language_model = language_model
         self.budget, self.method, self.prune_layer = budget, method, prune_layer
+        self.stage_layers = list(stage_layers)
+        self.stage_stats: list[list[np.ndarray]] = []  # per stage, per item: kept original visual indices
         self.prior, self.expand_prior = prior, expand_prior
         self.stats: list[ItemStats] = []
         self._mode = "off"
@@ -202,12 +211,14 @@ class PruningHandle:
         self._pruned: _Pruned | None = None
         self._step: dict = {}
         self._handles = [model.register_forward_pre_hook(self._on_model, with_kwargs=True)]
-        if prune_layer > 0:
-            self._handles.append(layers[prune_layer - 1].register_forward_pre_hook(self._on_score_layer, with_kwargs=True))
-        else:  # before the LLM: the kept tokens are renumbered as if the placeholders had been shortened
+        if prune_layer == 0:  # before the LLM: the kept tokens are renumbered as if the placeholders had been shortened
             self._handles.append(language_model.register_forward_pre_hook(self._on_language_model, with_kwargs=True))
         for i in range(prune_layer, len(layers)):
             self._handles.append(layers[i].register_forward_pre_hook(self._make_cut_hook(i), with_kwargs=True))
+        # Registered after the cut hooks, so that a score layer inside a pruned span sees the cut inputs.
+        for stage_layer in self.stage_layers:
+            if stage_layer > 0:
+                self._handles.append(layers[stage_layer - 1].register_forward_pre_hook(self._on_score_layer, with_kwargs=True))
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def remove(self) -> None:
@@ -279,7 +290,7 @@ class PruningHandle:
 
     # -- layer K-1: the attention row ----------------------------------------------------------------
     def _on_score_layer(self, module, args, kwargs):
-        if self._mode == "prefill":
+        if self._mode == "prefill" and getattr(self.method, "needs_attention", True):
             hidden = kwargs.get("hidden_states", args[0] if args else None)
             self._row = last_token_attention(module, hidden, kwargs["position_embeddings"], kwargs.get("attention_mask"))
         return None
@@ -288,15 +299,18 @@ class PruningHandle:
     def _make_cut_hook(self, layer_idx: int):
         def hook(module, args, kwargs):
             if self._mode == "prefill":
-                if layer_idx == self.prune_layer:
+                if layer_idx in self.stage_layers:
                     hidden = kwargs.get("hidden_states", args[0] if args else None)
-                    self._select_and_build(hidden, kwargs)
+                    self._select_and_build(hidden, kwargs, self.stage_layers.index(layer_idx))
                     args, kwargs = self._replace_hidden(args, kwargs, self._step["hidden"])
                 kwargs = {**kwargs, **self._step["kwargs"]}
             elif self._mode == "decode" and self.prune_layer > 0:
-                if "mask" not in self._step:
-                    self._step["mask"] = self._decode_mask(kwargs.get("attention_mask"))
-                kwargs = {**kwargs, "attention_mask": self._step["mask"]}
+                stage = max(j for j, s in enumerate(self.stage_layers) if s <= layer_idx)
+                masks = self._step.setdefault("masks", {})
+                if stage not in masks:
+                    index, slot_valid = self._stage_state[stage]
+                    masks[stage] = self._decode_mask(kwargs.get("attention_mask"), index, slot_valid)
+                kwargs = {**kwargs, "attention_mask": masks[stage]}
             return args, kwargs
 
         return hook
@@ -315,70 +329,110 @@ class PruningHandle:
             return [resolve_budget(bud, n, i) for i, (bud, n) in enumerate(zip(budget, sizes))]
         return [resolve_budget(budget, n, i) for i, n in enumerate(sizes)]
 
-    def _select_and_build(self, hidden: torch.Tensor, kwargs: dict) -> None:
-        b, n_seq, _ = hidden.shape
+    def _select_and_build(self, hidden: torch.Tensor, kwargs: dict, stage: int = 0) -> None:
+        """Select at one stage and prepare the cut inputs of the layers that follow.
+
+        ``index`` always holds *original* positions, so masks, rotary tables and position ids are
+        gathered from the prompt's originals whatever the stage.
+        """
+        b, n_cur, _ = hidden.shape
         device = hidden.device
-        present = [i for i, it in enumerate(self._items) if it is not None]
+        if stage == 0:
+            cos, sin = kwargs["position_embeddings"]
+            pos_ids = kwargs.get("position_ids")
+            pos_ids = (torch.arange(n_cur, device=device)[None] if pos_ids is None else pos_ids).expand(b, n_cur)
+            self._orig = {"cos": cos, "sin": sin, "pos_ids": pos_ids, "mask": kwargs.get("attention_mask"), "len": n_cur,
+                          "cache": kwargs.get("past_key_values")}
+            self._stage_state, self.stage_stats, self._ms = [], [], 0.0
+            cur_index = torch.arange(n_cur, device=device).expand(b, n_cur)  # (B, L_cur) original positions
+            cur_valid = torch.ones(b, n_cur, dtype=torch.bool, device=device)
+        else:
+            cur_index, cur_valid = self._stage_state[-1]
+        n_seq = self._orig["len"]
+
         key_norms = None
         if getattr(self.method, "needs_keys", False):
-            layer = self.layers[self.prune_layer]
-            keys = layer.self_attn.k_proj(layer.input_layernorm(hidden))  # (B, L, kv_heads * head_dim)
-            key_norms = keys.float().abs().sum(dim=-1)  # (B, L)
-        inputs = []
+            layer = self.layers[self.stage_layers[stage]]
+            keys = layer.self_attn.k_proj(layer.input_layernorm(hidden))  # (B, L_cur, kv_heads * head_dim)
+            key_norms = keys.float().abs().sum(dim=-1)  # (B, L_cur)
+        present = [i for i, it in enumerate(self._items) if it is not None]
+        inputs, slots_of, ordinals_of = [], {}, {}
         for i in present:
             pos, layout = self._items[i]
-            prior = None if self.prior is None else self.expand_prior(self.prior, layout).to(device)
-            attn = None if self._row is None else self._row[i, pos]
+            ordinal = torch.full((n_seq,), -1, dtype=torch.long, device=device)
+            ordinal[pos] = torch.arange(len(pos), device=device)  # (L,) index among the item's visual tokens
+            cur_ord = torch.where(cur_valid[i], ordinal[cur_index[i]], -1)  # (L_cur,)
+            slots = (cur_ord >= 0).nonzero()[:, 0]  # (N_cur,) current slots holding visual tokens
+            ords = cur_ord[slots]  # (N_cur,) their indices among the original visual tokens
+            slots_of[i], ordinals_of[i] = slots, ords
+            sub = ords.cpu().numpy()
+            sub_layout = layout if stage == 0 else TokenLayout(layout.view[sub], layout.row[sub], layout.col[sub])
+            prior = None if self.prior is None else self.expand_prior(self.prior, layout).to(device)[ords]
+            attn = None if self._row is None else self._row[i, slots]
             extra = {}
             if key_norms is not None:
-                text = torch.ones(n_seq, dtype=torch.bool, device=device)
-                text[pos] = False
+                text = cur_valid[i] & (cur_ord < 0)
                 if self._mask2d is not None:
-                    text &= self._mask2d[i].bool()
-                text_pos = text.nonzero()[:, 0]  # (T,) real, non-visual tokens
-                extra = dict(key_norms=key_norms[i, pos], text_key_norms=key_norms[i, text_pos],
-                             text_features=hidden[i, text_pos])
-            inputs.append(ItemInputs(attn, hidden[i, pos], layout, prior, **extra))
-        budgets = self._budgets([len(it.layout) for it in inputs])
+                    text &= self._mask2d[i, cur_index[i]].bool()
+                text_slots = text.nonzero()[:, 0]  # (T,) real, non-visual tokens
+                extra = dict(key_norms=key_norms[i, slots], text_key_norms=key_norms[i, text_slots],
+                             text_features=hidden[i, text_slots])
+            inputs.append(ItemInputs(attn, hidden[i, slots], sub_layout, prior, **extra))
+        if stage == 0:
+            sizes = [len(it.layout) for it in inputs]
+            finals = self._budgets(sizes)
+            if len(self.stage_layers) > 1:
+                self._stage_budgets = [self.method.stage_budgets(n, k, len(self.layers)) for n, k in zip(sizes, finals)]
+            else:
+                self._stage_budgets = [[k] for k in finals]
+        budgets = [sb[stage] for sb in self._stage_budgets]
         t0 = time.perf_counter()
         selections = self.method.select(inputs, budgets)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        ms = 1e3 * (time.perf_counter() - t0)
+        self._ms += 1e3 * (time.perf_counter() - t0)
 
-        keep_lists, stats = [], []
+        keep_lists, kept_visual = [], []
         sel_of = dict(zip(present, selections))
         for i in range(b):
-            keep = torch.ones(n_seq, dtype=torch.bool, device=device)
+            keep = cur_valid[i].clone()  # (L_cur,)
             if i in sel_of:
-                pos, layout = self._items[i]
-                sel = sel_of[i]
-                keep[pos] = False
-                keep[pos[torch.as_tensor(sel.kept, device=device)]] = True
-                stats.append(ItemStats(len(layout), len(sel), sel.kept, sel.roles, ms, self.prior is not None,
-                                       getattr(self.method, "name", type(self.method).__name__)))
+                slots = slots_of[i]
+                keep[slots] = False
+                kept = torch.as_tensor(sel_of[i].kept, device=device)
+                keep[slots[kept]] = True
+                kept_visual.append(ordinals_of[i][kept].cpu().numpy())
             else:
-                stats.append(ItemStats(0, 0, np.zeros(0, np.int64), np.zeros(0, np.int8), ms, self.prior is not None,
-                                       getattr(self.method, "name", type(self.method).__name__)))
-            keep_lists.append(keep.nonzero()[:, 0])
-        self.stats = stats
+                kept_visual.append(np.zeros(0, np.int64))
+            keep_lists.append(cur_index[i, keep.nonzero()[:, 0]])  # original positions, ascending
+        self.stage_stats.append(kept_visual)
+        name = getattr(self.method, "name", type(self.method).__name__)
+        self.stats = [ItemStats(len(self._items[i][1]), len(sel_of[i]), kept_visual[i], sel_of[i].roles, self._ms,
+                                self.prior is not None, name) if i in sel_of else
+                      ItemStats(0, 0, np.zeros(0, np.int64), np.zeros(0, np.int8), self._ms, self.prior is not None, name)
+                      for i in range(b)]
 
         new_len = max(len(k) for k in keep_lists)
-        index = torch.zeros(b, new_len, dtype=torch.long, device=device)  # (B, L')
+        index = torch.zeros(b, new_len, dtype=torch.long, device=device)  # (B, L') original positions
         slot_valid = torch.zeros(b, new_len, dtype=torch.bool, device=device)  # (B, L')
         for i, k in enumerate(keep_lists):
             index[i, new_len - len(k):] = k  # left-pad: the last token stays last
             slot_valid[i, new_len - len(k):] = True
-        self._pruned = _Pruned(index, slot_valid, n_seq, kwargs.get("past_key_values"))
+        self._stage_state.append((index, slot_valid))
+        if stage == 0:
+            self._pruned = _Pruned(index, slot_valid, n_seq, self._orig["cache"])
 
-        gather3 = lambda t: t.expand(b, n_seq, t.shape[-1]).gather(1, index[..., None].expand(b, new_len, t.shape[-1]))  # noqa: E731
-        cos, sin = kwargs["position_embeddings"]
-        new_kwargs = {"position_embeddings": (gather3(cos), gather3(sin))}  # each (B, L', hd)
-        pos_ids = kwargs.get("position_ids")
-        if pos_ids is None:
-            pos_ids = torch.arange(n_seq, device=device)[None]
-        pos_ids = pos_ids.expand(b, n_seq)  # (B, L)
-        new_kwargs["position_ids"] = pos_ids.gather(1, index)  # (B, L'): kept tokens keep their ids ...
+        slot_of = torch.zeros(b, n_seq, dtype=torch.long, device=device)  # (B, L): current slot of each original position
+        slot_of.scatter_(1, torch.where(cur_valid, cur_index, 0), torch.arange(n_cur, device=device).expand(b, n_cur) * cur_valid)
+        src = slot_of.gather(1, index)  # (B, L') current slot of each kept position
+        h = hidden.gather(1, src[..., None].expand(b, new_len, hidden.shape[-1]))  # (B, L', H)
+
+        def gather3(t):  # (B|1, L, X) -> (B, L', X) at the kept original positions
+            return t.expand(b, n_seq, t.shape[-1]).gather(1, index[..., None].expand(b, new_len, t.shape[-1]))
+
+        pos_ids = self._orig["pos_ids"]
+        new_kwargs = {"position_embeddings": (gather3(self._orig["cos"]), gather3(self._orig["sin"])),  # each (B, L', hd)
+                      "position_ids": pos_ids.gather(1, index)}  # (B, L'): kept tokens keep their ids ...
         if self.prune_layer == 0:  # ... unless pruned before the LLM: then renumber past the dropped ones
             keep_mask = torch.zeros(b, n_seq, dtype=torch.long, device=device).scatter_(1, index, slot_valid.long())
             dropped_before = torch.cumsum(1 - keep_mask, dim=1)  # (B, L): dropped tokens at or before each position
@@ -386,8 +440,8 @@ class PruningHandle:
             new_kwargs["position_ids"] = new_pos
             new_kwargs["position_embeddings"] = self.language_model.rotary_emb(hidden, position_ids=new_pos)
             self._pruned.shift = (1 - keep_mask).sum(dim=1)  # (B,) how far later positions move back
-        new_kwargs["attention_mask"] = self._prefill_mask(kwargs.get("attention_mask"), index, slot_valid, hidden.dtype)
-        self._step = {"hidden": gather3(hidden), "kwargs": new_kwargs}
+        new_kwargs["attention_mask"] = self._prefill_mask(self._orig["mask"], index, slot_valid, hidden.dtype)
+        self._step = {"hidden": h, "kwargs": new_kwargs}
 
     @staticmethod
     def _format(visible: torch.Tensor, like: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
@@ -411,13 +465,13 @@ class PruningHandle:
         visible = torch.where(slot_valid[:, :, None], visible, eye)  # a dummy row sees itself only (no NaN)
         return self._format(visible[:, None], mask, dtype)
 
-    def _decode_mask(self, mask):
+    def _decode_mask(self, mask, index, slot_valid):
         p = self._pruned
-        b, kept = p.index.shape
+        b, kept = index.shape
         q, total = self._step["q"], self._step["total"]
-        new_cols = torch.arange(p.prompt_len, total, device=p.index.device)  # (T,) positions after the prompt
-        cols = torch.cat([p.index, new_cols.expand(b, -1)], dim=1)  # (B, L' + T)
-        col_valid = torch.cat([p.slot_valid, torch.ones(b, len(new_cols), dtype=torch.bool, device=cols.device)], dim=1)
+        new_cols = torch.arange(p.prompt_len, total, device=index.device)  # (T,) positions after the prompt
+        cols = torch.cat([index, new_cols.expand(b, -1)], dim=1)  # (B, L' + T)
+        col_valid = torch.cat([slot_valid, torch.ones(b, len(new_cols), dtype=torch.bool, device=cols.device)], dim=1)
         if mask is None:
             rows = torch.arange(total - q, total, device=cols.device)  # (q,)
             visible = cols[:, None, :] <= rows[None, :, None]  # (B, q, L' + T)
