@@ -1,6 +1,7 @@
 """``python -m reproduce <command> [options]``.
 
 Commands:
+  list         the tables, what each would run, and which paper cells are known
   efficiency   FLOPs reduction of both paper models under each counting convention (CPU, seconds)
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = {"efficiency": "reproduce.efficiency"}
+COMMANDS = {"efficiency": "reproduce.efficiency", "list": "reproduce.listing"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,3 +33,13 @@ def test_spec_columns_and_methods_are_runnable_or_marked(path):
         assert key is None or key in METHODS, f"{row['method']} maps to unknown method {key!r}"
     for method, budget in spec["smoke"]["rows"]:
         assert {"method": method, "budget": budget} in spec["rows"]
+
+
+def test_reproduce_list(capsys):
+    from reproduce.__main__ import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "paper cells known: 7 of 225" in out and "paper cells known: 0 of 119" in out and "paper cells known: 21 of 90" in out
+    assert "not implemented: CDPruner, SparseVLM, VisionZip" in out
+    assert main(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
