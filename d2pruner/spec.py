@@ -264,7 +264,7 @@ class TokenLayout:
 
 def exact_ratio(ratio: float) -> Fraction:
     """The ratio as the exact decimal it was written as (``0.7 -> 7/10``), so that products with token
-    counts are not off by one through binary rounding (``0.7 * 10`` is ``7.000000000000001`` in floats)."""
+    counts are not off by one through binary rounding (``0.7 * 90`` is ``62.99999999999999`` in floats)."""
     return Fraction(repr(float(ratio)))
 
 

@@ -43,6 +43,9 @@ MUTANTS = {
     "spatial radius off by one": (
         "d2pruner/spec.py", "(abs(row_a - row_b) <= radius)", "(abs(row_a - row_b) < radius)"),
     "pivot count rounds up": ("d2pruner/spec.py", "return math.floor(exact_ratio(pivot_ratio)", "return math.ceil(exact_ratio(pivot_ratio)"),
+    "pivot count in binary floats": (
+        "d2pruner/spec.py", "return math.floor(exact_ratio(pivot_ratio) * int(n_keep))",
+        "return math.floor(float(pivot_ratio) * int(n_keep))"),
     "budget ratio rounds down": ("d2pruner/spec.py", "* n_tokens + Fraction(1, 2)", "* n_tokens"),
     "reference debias drops eps": ("d2pruner/reference/debias.py", "attn[i] / (prior[i] + eps)", "attn[i] / prior[i]"),
     "reference MIS forgets neighbours": (
