@@ -14,7 +14,7 @@ import os
 
 import torch
 
-__all__ = ["CHECKPOINTS", "build_inputs", "family_of", "load_model", "missing_checkpoint_message"]
+__all__ = ["CHECKPOINTS", "build_batch", "build_inputs", "prompt_text", "family_of", "load_model", "missing_checkpoint_message"]
 
 #: The checkpoints of the paper's two models (InternVL: the transformers-native MPO conversion).
 CHECKPOINTS = {"llava": "llava-hf/llava-1.5-7b-hf", "internvl": "OpenGVLab/InternVL2_5-8B-MPO-hf"}
@@ -71,15 +71,33 @@ def _pad_to_square(image):
 
 def build_inputs(processor, family: str, image, question: str, max_tiles: int = 12, device: str | torch.device = "cpu") -> dict:
     """Model inputs for one image and one question in the model's official prompt format."""
+    return build_batch(processor, family, [image], [question], max_tiles=max_tiles, device=device)
+
+
+def prompt_text(processor, family: str, question: str) -> str:
+    """The official prompt around ``question`` (with the model's image placeholder) for one image."""
     if family == "llava":
-        prompt = f"{LLAVA_SYSTEM} USER: <image>\n{question} ASSISTANT:"
-        batch = processor(images=_pad_to_square(image.convert("RGB")), text=prompt, return_tensors="pt")
-    elif family == "internvl":
+        return f"{LLAVA_SYSTEM} USER: <image>\n{question} ASSISTANT:"
+    if family == "internvl":
         messages = [{"role": "system", "content": [{"type": "text", "text": INTERNVL_SYSTEM}]},
                     {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        batch = processor(text=prompt, images=[image.convert("RGB")], return_tensors="pt",
-                          images_kwargs={"max_patches": max_tiles})
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    raise ValueError(f"unknown model family {family!r}")
+
+
+def build_batch(processor, family: str, images, questions, max_tiles: int = 12, device: str | torch.device = "cpu") -> dict:
+    """Model inputs for a batch of (image, question) pairs, one image each, padded on the left.
+
+    LLaVA-1.5 images are padded to a square with the mean colour first (its official protocol);
+    InternVL-2.5 images are cut into at most ``max_tiles`` tiles by the processor.
+    """
+    if len(images) != len(questions):
+        raise ValueError(f"{len(images)} images for {len(questions)} questions; one image per question is expected")
+    prompts = [prompt_text(processor, family, q) for q in questions]
+    if family == "llava":
+        batch = processor(images=[_pad_to_square(im.convert("RGB")) for im in images], text=prompts, padding=True,
+                          return_tensors="pt")
     else:
-        raise ValueError(f"unknown model family {family!r}")
+        batch = processor(text=prompts, images=[im.convert("RGB") for im in images], padding=True, return_tensors="pt",
+                          images_kwargs={"max_patches": max_tiles})
     return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}

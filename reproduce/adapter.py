@@ -1,0 +1,359 @@
+"""The lmms-eval model adapter: a LLaVA-1.5 or InternVL-2.5 checkpoint with a pruning method attached.
+
+Registered with lmms-eval as model ``d2pruner`` through the ``lmms_eval.models`` entry point, so::
+
+    python -m lmms_eval --model d2pruner --model_args pretrained=llava-hf/llava-1.5-7b-hf,method=d2pruner,budget=64,prior=prior.json --tasks d2p_pope --include_path reproduce/tasks
+
+works as well as ``python -m reproduce``. What it does that lmms-eval's own ``llava_hf`` / ``internvl_hf``
+do not (see the docs' evaluation notes):
+
+* batches of ``batch_size`` requests, padded on the left (pruning keeps the last token last);
+* the models' official prompts (LLaVA-1.5 ``vicuna_v1`` with images padded to a square; InternVL-2.5's
+  chat template with dynamic tiles), built by :mod:`d2pruner.models.loading`;
+* greedy decoding only, stop strings honoured (generation stops at them and the answer is cut there);
+* any error is raised, never turned into an empty answer;
+* every answer is appended to a per-sample cache file (``cache=``) as soon as its batch is done, and
+  answers already there are not recomputed: a run killed at any moment resumes where it stopped.
+
+``pretrained=tiny_llava`` / ``tiny_internvl`` builds the tiny random models of
+:mod:`d2pruner.models.tiny` with their in-code processors (CPU smoke runs).
+lmms-eval is imported lazily (:func:`adapter_class`), because importing it changes process-wide
+logging and warning filters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+from typing import Any
+
+import torch
+
+__all__ = ["GREEDY_KEYS", "SampleCache", "adapter_class", "manifest", "parse_budget"]
+
+#: The generation arguments a task may pass; anything else (sampling, beams) is refused.
+GREEDY_KEYS = {"until", "max_new_tokens", "temperature", "do_sample", "num_beams", "top_p", "top_k"}
+TINY = {"tiny_llava": "llava", "tiny_internvl": "internvl"}
+
+
+def parse_budget(value: Any) -> int | float | None:
+    """A budget from a table spec or model_args: ``"64"`` -> 64 tokens, ``"10%"`` -> 0.1, ``"100%"`` -> None.
+
+    >>> parse_budget("64"), parse_budget("25%"), parse_budget("100%"), parse_budget(None)
+    (64, 0.25, None, None)
+    >>> parse_budget("abc")
+    Traceback (most recent call last):
+    ...
+    ValueError: budget 'abc' is neither a token count ('64') nor a percentage ('10%')
+    """
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    try:
+        if text.endswith("%"):
+            pct = float(text[:-1])
+            if not 0 < pct <= 100:
+                raise ValueError
+            return None if pct == 100 else pct / 100
+        count = int(text)
+        if count < 0:
+            raise ValueError
+        return count
+    except ValueError:
+        raise ValueError(f"budget {value!r} is neither a token count ('64') nor a percentage ('10%')") from None
+
+
+class SampleCache:
+    """Answers of one (model, method, budget) run, one JSON line per sample, appended and synced per batch.
+
+    ``fingerprint`` identifies the run; a cache file written by another run is refused rather than mixed.
+    A line cut short by a crash is dropped on opening.
+
+    >>> import tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "answers.jsonl"
+    >>> cache = SampleCache(path, {"method": "fastv"})
+    >>> cache.add([{"key": "a", "answer": "yes"}]); cache.get("a")["answer"]
+    'yes'
+    >>> len(SampleCache(path, {"method": "fastv"}))
+    1
+    >>> SampleCache(path, {"method": "random"})
+    Traceback (most recent call last):
+    ...
+    ValueError: ...answers.jsonl holds answers of another run ({'method': 'fastv'}), not of {'method': 'random'}; use another cache path
+    """
+
+    def __init__(self, path: str | os.PathLike, fingerprint: dict) -> None:
+        self.path = pathlib.Path(path)
+        self.fingerprint = json.loads(json.dumps(fingerprint))
+        self.records: dict[str, dict] = {}
+        if self.path.exists():
+            raw = self.path.read_bytes()
+            if raw and not raw.endswith(b"\n"):  # killed mid-line: keep only the complete lines
+                raw = raw[: raw.rfind(b"\n") + 1]
+                self.path.write_bytes(raw)
+            lines = raw.decode().splitlines()
+            if lines:
+                head = json.loads(lines[0])
+                if head.get("fingerprint") != self.fingerprint:
+                    raise ValueError(f"{self.path} holds answers of another run ({head.get('fingerprint')}), "
+                                     f"not of {self.fingerprint}; use another cache path")
+                for line in lines[1:]:
+                    record = json.loads(line)
+                    self.records[record["key"]] = record
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            self._append([{"fingerprint": self.fingerprint}])
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def get(self, key: str) -> dict | None:
+        return self.records.get(key)
+
+    def add(self, records: list[dict]) -> None:
+        for record in records:
+            if record["key"] in self.records:
+                raise ValueError(f"sample {record['key']} is already in {self.path}")
+        self._append(records)
+        self.records.update((r["key"], r) for r in records)
+
+    def _append(self, records: list[dict]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def sample_key(task: str, split: str, doc_id: int, context: str, gen_kwargs: dict) -> str:
+    """A stable id of one request: its task, split, document, prompt and generation arguments."""
+    payload = json.dumps([task, split, int(doc_id), context, {k: gen_kwargs[k] for k in sorted(gen_kwargs)}],
+                         default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def _greedy_settings(gen_kwargs: dict, where: str) -> tuple[list[str], int]:
+    unknown = sorted(set(gen_kwargs) - GREEDY_KEYS)
+    if unknown:
+        raise ValueError(f"{where}: generation arguments {unknown} are not supported (only greedy decoding: "
+                         f"{sorted(GREEDY_KEYS)})")
+    if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature", 0) or 0) > 0:
+        raise ValueError(f"{where}: sampling (do_sample={gen_kwargs.get('do_sample')}, temperature="
+                         f"{gen_kwargs.get('temperature')}) is not supported; the paper's protocol is greedy")
+    if int(gen_kwargs.get("num_beams", 1) or 1) != 1:
+        raise ValueError(f"{where}: num_beams={gen_kwargs['num_beams']} is not supported; pruning is tested with greedy search")
+    until = gen_kwargs.get("until") or []
+    until = [until] if isinstance(until, str) else list(until)
+    return until, int(gen_kwargs.get("max_new_tokens", 128))
+
+
+def cut_at_stops(text: str, until: list[str]) -> str:
+    """``text`` up to the first stop string (the stop string excluded), stripped.
+
+    >>> cut_at_stops(" yes\\n\\nUSER: more", ["\\n\\n", "USER:"])
+    'yes'
+    """
+    end = min([i for i in (text.find(s) for s in until if s) if i >= 0], default=len(text))
+    return text[:end].strip()
+
+
+def load(pretrained: str, *, revision: str | None, dtype: str, device: str, attn_implementation: str, max_tiles: int):
+    """``(model, processor, family)`` for a checkpoint id in the local cache, or a tiny in-code model."""
+    if pretrained in TINY:
+        from d2pruner.models import tiny, tiny_processor
+
+        family = TINY[pretrained]
+        build = tiny.tiny_llava if family == "llava" else tiny.tiny_internvl
+        model = build(attn_implementation=attn_implementation, dtype=getattr(torch, dtype)).to(device)
+        return model, tiny_processor.tiny_processor(family, max_tiles=max_tiles), family
+    from d2pruner.models.loading import load_model
+
+    return load_model(pretrained, revision=revision, dtype=getattr(torch, dtype), device=device,
+                      attn_implementation=attn_implementation)
+
+
+def tile_pixels(processor) -> int:
+    """The side of one InternVL tile in pixels, as the processor cuts them."""
+    size = processor.image_processor.size
+    return int(size["height"] if isinstance(size, dict) else size.height)
+
+
+def _make_class():
+    from lmms_eval.api.model import lmms
+    from tqdm.auto import tqdm
+
+    class D2PrunerLMM(lmms):
+        """lmms-eval model ``d2pruner``: see :mod:`reproduce.adapter`.
+
+        model_args: ``pretrained`` (checkpoint id or ``tiny_llava``/``tiny_internvl``), ``method`` (a name
+        from :data:`d2pruner.methods.METHODS`, or ``none`` for the unpruned model), ``budget`` (``64`` or
+        ``10%``), ``prior`` (path of a prior file), ``config`` (``default`` or ``localization``),
+        ``batch_size``, ``device``, ``dtype``, ``attn_implementation``, ``max_tiles``, ``revision``, ``cache``
+        (per-sample answer file; none = no cache).
+        """
+
+        def __init__(self, pretrained: str, method: str = "none", budget: Any = None, prior: str | None = None,
+                     config: str = "default", batch_size: Any = 1, device: str | None = None, dtype: str = "float16",
+                     attn_implementation: str = "sdpa", max_tiles: Any = 12, revision: str | None = None,
+                     cache: str | None = None, model: Any = None, **unknown: Any) -> None:
+            super().__init__()
+            unknown = {k: v for k, v in unknown.items() if v is not None}
+            if unknown:
+                raise ValueError(f"unknown model_args {sorted(unknown)} for the d2pruner adapter")
+            if device is None or device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            if str(device).startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # accelerate launch: one GPU per process
+            self.method = None if str(method).lower() in ("none", "vanilla", "") else str(method)
+            self.budget = parse_budget(budget)
+            if self.method is not None and self.budget is None:
+                raise ValueError(f"method {self.method!r} needs a budget below 100% (got {budget!r})")
+            if config not in ("default", "localization"):
+                raise ValueError(f"config {config!r} is neither 'default' nor 'localization'")
+            self.batch_size_per_gpu = int(batch_size)
+            if self.batch_size_per_gpu < 1:
+                raise ValueError(f"batch_size={batch_size!r} must be >= 1")
+            self.max_tiles = int(max_tiles)
+            self.config_name = config
+            self.prior = prior
+            self._device = torch.device(device)
+            if model is not None:  # an already-loaded (model, processor, family), shared between rows
+                self.model, self.processor, self.family = model
+            else:
+                self.model, self.processor, self.family = load(
+                    pretrained, revision=revision, dtype=dtype, device=device,
+                    attn_implementation=attn_implementation, max_tiles=self.max_tiles)
+            self.fingerprint = {"pretrained": pretrained, "revision": revision, "method": self.method,
+                                "budget": budget if self.method else None, "config": config, "dtype": dtype,
+                                "prior_sha256": file_sha256(prior) if prior else None, "max_tiles": self.max_tiles}
+            self.cache = SampleCache(cache, self.fingerprint) if cache else None
+            self.last_stats: list[dict] = []
+
+        @property
+        def device(self):
+            return self._device
+
+        @property
+        def batch_size(self):
+            return self.batch_size_per_gpu
+
+        def _attach(self):
+            if self.method is None:
+                return None
+            from d2pruner.models import internvl, llava
+            from d2pruner.spec import D2PrunerConfig
+
+            cfg = D2PrunerConfig.for_localization() if self.config_name == "localization" else D2PrunerConfig()
+            prior = self.prior if self.method in ("d2pruner", "mmr-d2score") else None
+            if self.family == "llava":
+                return llava.attach(self.model, self.budget, config=cfg, prior=prior, method=self.method)
+            return internvl.attach(self.model, self.budget, config=cfg, prior=prior, method=self.method,
+                                   max_tiles=self.max_tiles)
+
+        def generate_until(self, requests) -> list[str]:
+            from d2pruner.models.internvl import tile_grid
+            from d2pruner.models.loading import build_batch
+
+            answers: list[str | None] = [None] * len(requests)
+            pending = []
+            for i, request in enumerate(requests):
+                context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
+                key = sample_key(task, split, doc_id, context, gen_kwargs)
+                hit = self.cache.get(key) if self.cache is not None else None
+                if hit is not None:
+                    answers[i] = hit["answer"]
+                else:
+                    pending.append((i, key, request))
+            handle = self._attach()
+            bar = tqdm(total=len(pending), desc=f"{self.method or 'unpruned'}", disable=self.rank != 0)
+            try:
+                for start in range(0, len(pending), self.batch_size_per_gpu):
+                    chunk = pending[start:start + self.batch_size_per_gpu]
+                    settings = {json.dumps(r.args[1], sort_keys=True, default=str) for _, _, r in chunk}
+                    groups = [chunk] if len(settings) == 1 else [[c] for c in chunk]
+                    for group in groups:
+                        records = self._generate(group, handle, build_batch, tile_grid)
+                        for (i, _, _), record in zip(group, records):
+                            answers[i] = record["answer"]
+                        if self.cache is not None:
+                            self.cache.add(records)
+                        bar.update(len(group))
+            finally:
+                bar.close()
+                if handle is not None:
+                    handle.remove()
+            return answers
+
+        def _generate(self, group, handle, build_batch, tile_grid) -> list[dict]:
+            images, questions = [], []
+            for _, _, request in group:
+                context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
+                visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+                if len(visuals) != 1:
+                    raise ValueError(f"{task}/{split} doc {doc_id} has {len(visuals)} images; the paper's protocol "
+                                     "has exactly one image per question")
+                images.append(visuals[0])
+                questions.append(context)
+            context, gen_kwargs, _, doc_id, task, split = group[0][2].args
+            until, max_new_tokens = _greedy_settings(gen_kwargs, f"{task} doc {doc_id}")
+            inputs = build_batch(self.processor, self.family, images, questions, max_tiles=self.max_tiles,
+                                 device=self.device)
+            if handle is not None and self.family == "internvl":
+                handle.set_tile_grids([tile_grid((im.height, im.width), self.max_tiles, tile_pixels=tile_pixels(self.processor))
+                                       for im in images])
+            tokenizer = self.processor.tokenizer
+            with torch.inference_mode():
+                out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                          stop_strings=[s for s in until if s] or None, tokenizer=tokenizer,
+                                          pad_token_id=tokenizer.pad_token_id)
+            new = out[:, inputs["input_ids"].shape[1]:]
+            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+            stats = handle.stats if handle is not None else [None] * len(group)
+            records = []
+            for (_, key, request), text, st in zip(group, texts, stats):
+                _, _, _, doc_id, task, split = request.args
+                record = {"key": key, "task": task, "split": split, "doc_id": int(doc_id),
+                          "answer": cut_at_stops(text, until), "raw": text}
+                if st is not None:
+                    record["visual_tokens"] = [int(st.n_visual_before), int(st.n_visual_after)]
+                records.append(record)
+            return records
+
+        def loglikelihood(self, requests):
+            raise NotImplementedError("the d2pruner adapter generates answers; loglikelihood tasks are not supported")
+
+        def generate_until_multi_round(self, requests):
+            raise NotImplementedError("the d2pruner adapter runs single-turn tasks only")
+
+    return D2PrunerLMM
+
+
+_CLASS = None
+
+
+def adapter_class():
+    """The lmms-eval model class (imports lmms-eval on first use)."""
+    global _CLASS
+    if _CLASS is None:
+        _CLASS = _make_class()
+    return _CLASS
+
+
+def __getattr__(name: str):  # ``reproduce.adapter.D2PrunerLMM`` for lmms-eval's class path
+    if name == "D2PrunerLMM":
+        return adapter_class()
+    raise AttributeError(name)
+
+
+def manifest():
+    """The ``lmms_eval.models`` entry point: model id ``d2pruner``."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id="d2pruner", simple_class_path="reproduce.adapter.D2PrunerLMM")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file (provenance of priors and data)."""
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
