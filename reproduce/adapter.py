@@ -78,7 +78,7 @@ class SampleCache:
     'yes'
     >>> len(SampleCache(path, {"method": "fastv"}))
     1
-    >>> SampleCache(path, {"method": "random"})
+    >>> SampleCache(path, {"method": "random"})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     ValueError: ...answers.jsonl holds answers of another run ({'method': 'fastv'}), not of {'method': 'random'}; use another cache path
