@@ -1,8 +1,10 @@
 """``python -m reproduce <command> [options]``.
 
 Commands:
-  list         the tables, what each would run, and which paper cells are known
-  efficiency   FLOPs reduction of both paper models under each counting convention (CPU, seconds)
+  list                    the tables, what each runs, and which paper cells are known
+  table1|table2|table3    regenerate a paper table through lmms-eval (``--smoke``: tiny models on CPU, seconds);
+                          ``python -m reproduce table1 --help`` for the options
+  efficiency              FLOPs reduction of both paper models under each counting convention (CPU, seconds)
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import sys
 
 COMMANDS = {"efficiency": "reproduce.efficiency", "list": "reproduce.listing"}
+TABLES = ("table1", "table2", "table3")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,8 +21,12 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    if command in TABLES:
+        from reproduce import run
+
+        return run.main(command, rest)
     if command not in COMMANDS:
-        print(f"error: unknown command {command!r}; available: {', '.join(sorted(COMMANDS))}", file=sys.stderr)
+        print(f"error: unknown command {command!r}; available: {', '.join([*TABLES, *sorted(COMMANDS)])}", file=sys.stderr)
         return 2
     import importlib
 

@@ -106,6 +106,47 @@ def table_methods(text: int = 64, convention: str = "exact") -> list[dict]:
     return rows
 
 
+#: The visual tokens a table row's FLOPs are counted for: LLaVA-1.5's 576; InternVL-2.5 at 6 tiles + thumbnail
+#: (a typical 4:3 image; the real count varies per image), with 64 text tokens, exact convention.
+ROW_VISUAL_TOKENS = {LLAVA: 576, INTERNVL: internvl_tokens(6)}
+ROW_TEXT_TOKENS = 64
+
+
+def row_tflops(model_id: str, method: str | None, budget: str, text: int = ROW_TEXT_TOKENS,
+               convention: str = "exact") -> float:
+    """Prefill TFLOPs of a table row: the full-size model, ``method`` (a name from
+    :data:`d2pruner.methods.METHODS`, None = unpruned) at ``budget`` (``"64"`` or ``"10%"``), pruning at the
+    method's own point (before the LLM, at layer K, or progressive stages).
+
+    >>> round(row_tflops(LLAVA, None, "576"), 2), round(row_tflops(LLAVA, "d2pruner", "64"), 2)
+    (8.5, 2.09)
+    >>> row_tflops(LLAVA, "pyramiddrop", "64")
+    Traceback (most recent call last):
+    ...
+    ValueError: pyramiddrop cannot average 64 visual tokens per layer: its first 8 of 32 layers see all 576; reachable averages lie between about 145 and 576
+    """
+    from d2pruner.methods import get_method
+    from d2pruner.spec import resolve_budget
+    from reproduce.adapter import parse_budget
+
+    if model_id not in ROW_VISUAL_TOKENS:
+        raise ValueError(f"no FLOPs model for {model_id!r}; known: {', '.join(ROW_VISUAL_TOKENS)}")
+    dims = LMDims.from_config(paper_config(model_id))
+    n_visual = ROW_VISUAL_TOKENS[model_id]
+    conv = CONVENTIONS[convention]
+    parsed = parse_budget(budget)
+    if method is None or parsed is None:
+        return prefill_flops(dims, text, [(0, n_visual)], conv) / 1e12
+    keep = resolve_budget(parsed, n_visual)
+    m = get_method(method)
+    if hasattr(m, "stage_budgets"):
+        sched = [(0, n_visual)] + list(zip(m.stage_layers(dims.layers), m.stage_budgets(n_visual, keep, dims.layers)))
+    else:
+        layer = m.default_layer if m.default_layer is not None else K
+        sched = d2pruner_schedule(n_visual, keep, layer)
+    return prefill_flops(dims, text, sched, conv) / 1e12
+
+
 def markdown(rows: list[dict]) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]

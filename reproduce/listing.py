@@ -36,5 +36,5 @@ def main(argv: list[str] | None = None) -> int:
               + (f" (not implemented: {', '.join(s['not_implemented'])})" if s["not_implemented"] else ""))
         print(f"  columns: {', '.join(s['columns'])}")
         print(f"  paper cells known: {s['known_cells']} of {s['paper_cells']}")
-    print("Commands: efficiency (runs now); the table commands need the evaluation engine, not built yet.")
+    print("Run a table: python -m reproduce table1|table2|table3 [--smoke] [--rows ...] [--columns ...] [--limit N] [--out DIR]")
     return 0

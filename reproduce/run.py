@@ -1,0 +1,508 @@
+"""``python -m reproduce table1|table2|table3``: regenerate a paper table through lmms-eval.
+
+For each row (method x budget) and column (benchmark) of the table spec (``reproduce/specs``) one
+lmms-eval task runs on our adapter (:mod:`reproduce.adapter`) with our task files
+(:mod:`reproduce.tasks`). Every cell writes a record with its provenance; every answer is cached per
+sample as soon as its batch is done, so a run killed at any moment and started again recomputes
+nothing and duplicates nothing. At the end the table is printed and written (Markdown and CSV) with
+the paper's value, ours, the difference and whether it is within the spec's tolerance, the derived
+columns (Avg, Rel) computed as the spec says, and each row's prefill FLOPs.
+
+``--smoke`` runs the same spec on CPU in seconds: the tiny random model of the same family, tiny
+local benchmark files in the real schemas built from sample images shipped in installed packages,
+and a prior measured on the tiny model; its output is compared with a golden file in CI.
+
+Output folder (``--out``, default ``results/<table>`` or ``results/<table>-smoke``)::
+
+    cells/<method>@<budget>/<benchmark>.json          one record per cell (value + provenance)
+    cells/<method>@<budget>/<benchmark>.answers.jsonl one line per answered sample (the resume cache)
+    table.md, table.csv                               the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import hashlib
+import io
+import json
+import os
+import pathlib
+import platform
+import re
+import subprocess
+import sys
+import time
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SPECS = pathlib.Path(__file__).resolve().parent / "specs"
+TABLES = ("table1", "table2", "table3")
+SEED = 0
+
+
+class MissingInputs(Exception):
+    """A checkpoint, data set or prior that a real run needs is not available locally."""
+
+
+def load_spec(table: str) -> dict:
+    """The table spec ``reproduce/specs/<table>.json``; ``ValueError`` naming the known tables otherwise."""
+    path = SPECS / f"{table}.json"
+    if table not in TABLES or not path.exists():
+        raise ValueError(f"unknown table {table!r}; available: {', '.join(TABLES)}")
+    return json.loads(path.read_text())
+
+
+def paper_values(spec: dict) -> dict[tuple[str, str, str], float | None]:
+    """``(method, budget, benchmark) -> value`` from paper_tables (None where the paper's cell is unknown)."""
+    rows = csv.DictReader(open(ROOT / spec["paper_file"], encoding="utf-8"))
+    return {(r["method"], r["budget"], r["benchmark"]): None if r["value"] == "unknown" else float(r["value"])
+            for r in rows}
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a method, budget or benchmark name.
+
+    >>> slug("RefCOCO+ testA"), slug("10%"), slug("MMB-CN")
+    ('RefCOCOplus_testA', '10pct', 'MMB-CN')
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text.replace("+", "plus").replace("%", "pct").replace(" ", "_"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    method: str
+    budget: str
+    key: str | None  # method name in d2pruner.methods.METHODS; None for the unpruned model
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}@{self.budget}"
+
+
+def select_rows(spec: dict, smoke: bool, wanted: str | None) -> tuple[list[Row], list[tuple[str, str, str]]]:
+    """The rows to run and the rows marked not run (with the reason).
+
+    ``wanted``: comma-separated ``Method@budget`` labels (``--rows``); ``ValueError`` naming unknown ones.
+    """
+    from d2pruner.methods import METHODS
+
+    rows = spec["rows"]
+    if smoke:
+        rows = [{"method": m, "budget": b} for m, b in spec["smoke"]["rows"]]
+    if wanted:
+        labels = [w.strip() for w in wanted.split(",") if w.strip()]
+        known = {f"{r['method']}@{r['budget']}": r for r in spec["rows"]}
+        bad = [w for w in labels if w not in known]
+        if bad:
+            raise ValueError(f"unknown rows {bad} for {spec['table']}; rows are: {', '.join(known)}")
+        rows = [known[w] for w in labels]
+    run, skipped = [], []
+    for r in rows:
+        key = spec["method_keys"][r["method"]]
+        if r["method"] == "Vanilla":
+            run.append(Row(r["method"], r["budget"], None))
+        elif key is None or key not in METHODS:
+            skipped.append((r["method"], r["budget"], "not implemented"))
+        else:
+            run.append(Row(r["method"], r["budget"], key))
+    return run, skipped
+
+
+def select_columns(spec: dict, wanted: str | None) -> list[dict]:
+    """The benchmark columns to run (``--columns``: comma-separated benchmark names)."""
+    cols = [c for c in spec["columns"] if "derived" not in c]
+    if wanted:
+        names = [w.strip() for w in wanted.split(",") if w.strip()]
+        known = {c["benchmark"]: c for c in cols}
+        bad = [n for n in names if n not in known]
+        if bad:
+            raise ValueError(f"unknown columns {bad} for {spec['table']}; columns are: {', '.join(known)}")
+        cols = [known[n] for n in names]
+    return cols
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=10)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if sha.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(device: str) -> dict:
+    """Versions and machine of this run (the part of a cell's provenance shared by all cells)."""
+    from importlib import metadata
+
+    import torch
+    import transformers
+
+    import d2pruner
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        machine = torch.cuda.get_device_name(torch.device(device))
+    else:
+        machine = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return {"d2pruner": d2pruner.__version__, "lmms_eval": metadata.version("lmms-eval"), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(), "git_commit": git_commit(),
+            "device": str(device), "machine": machine}
+
+
+def checkpoint_cached(model_id: str, revision: str | None) -> bool:
+    """Whether ``model_id`` (a hub id or a local folder) is available without network."""
+    if pathlib.Path(model_id).is_dir():
+        return (pathlib.Path(model_id) / "config.json").exists()
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(model_id, "config.json", revision=revision)
+    return isinstance(hit, str)
+
+
+def check_inputs(spec: dict, rows: list[Row], columns: list[dict], model_id: str, revision: str | None,
+                 prior: pathlib.Path | None) -> None:
+    """Raise :class:`MissingInputs` listing every missing checkpoint, data set and prior, with how to get them."""
+    from reproduce import tasks
+
+    problems = []
+    if not checkpoint_cached(model_id, revision):
+        problems.append(f"checkpoint {model_id!r} is not in the local Hugging Face cache: on a machine with network run "
+                        f"`huggingface-cli download {model_id}` and copy the cache (HF_HOME) here, or pass "
+                        "--model-path DIR with a local copy")
+    for col in columns:
+        missing = tasks.missing_data(col["task"])
+        if missing:
+            problems.append(f"{col['benchmark']} (task {col['task']}): data set(s) {', '.join(missing)} not in the local "
+                            "datasets cache: run once with network access (`python -m reproduce "
+                            f"{spec['table']} --columns '{col['benchmark']}' --limit 1` with HF_TOKEN set and without "
+                            "HF_HUB_OFFLINE) or copy the cache (HF_HOME) here")
+    if any(r.key in NEEDS_PRIOR for r in rows) and (prior is None or not prior.exists()):
+        problems.append(f"prior file {prior} not found (needed by the {', '.join(sorted({r.method for r in rows if r.key in NEEDS_PRIOR}))} "
+                        f"rows): measure it with `python -m d2pruner.models.prior --model {model_id} --images "
+                        f"<folder of calibration images, e.g. 1000 COCO images> --out {prior}`, or pass --prior PATH")
+    if problems:
+        raise MissingInputs("cannot run " + spec["table"] + ":\n  - " + "\n  - ".join(problems))
+
+
+NEEDS_PRIOR = ("d2pruner", "mmr-d2score")
+
+
+def smoke_prior(model, processor, family: str, out: pathlib.Path, max_tiles: int) -> pathlib.Path:
+    """A prior measured on the tiny model over three package sample images (the real command's code path)."""
+    from d2pruner.models import internvl, llava
+    from d2pruner.models.loading import build_inputs
+    from d2pruner.models.prior import DEFAULT_PROMPT, compute
+    from reproduce.adapter import tile_pixels
+    from reproduce.tasks import sample_images
+
+    grids: list = [None]
+    if family == "llava":
+        side = llava.grid_side(model)
+        find = lambda ids: llava.find_items(ids, int(model.config.image_token_id), side)  # noqa: E731
+    else:
+        side = internvl.tile_side(model)
+        find = lambda ids: internvl.find_items(ids, int(model.config.image_token_id), side, grids)  # noqa: E731
+
+    def make(image):
+        def build():
+            if family == "internvl":
+                grids[0] = internvl.tile_grid((image.height, image.width), max_tiles, tile_pixels=tile_pixels(processor))
+            return build_inputs(processor, family, image, DEFAULT_PROMPT, max_tiles, model.device)
+        return build
+
+    images = sample_images()[:3]
+    meta = {"model_id": f"tiny_{family}", "model_class": type(model).__name__, "prune_layer": 2, "prompt": DEFAULT_PROMPT,
+            "per": "smoke: package sample images"}
+    compute(model, [(f"sample{i}", make(im)) for i, im in enumerate(images)], prune_layer=2, find_items=find,
+            block=side * side, meta=meta, out=out, progress=False)
+    return out
+
+
+def metric_value(results: dict, task: str, metric: str) -> float:
+    """The metric from lmms-eval's results dict (keys are ``"<metric>,<filter>"``)."""
+    scores = results["results"][task]
+    for key in (metric, f"{metric},none"):
+        if key in scores:
+            return float(scores[key])
+    keys = sorted(k for k in scores if not k.endswith("_stderr,none") and k != "alias")
+    raise KeyError(f"metric {metric!r} not in lmms-eval's results for {task}; it reported {keys}")
+
+
+def write_json_atomic(path: pathlib.Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def answers_digest(path: pathlib.Path) -> tuple[str, int, float | None]:
+    """SHA-256 (12 hex) of the sorted (key, answer) pairs, their count, and the mean visual tokens kept."""
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    records = sorted((json.loads(line) for line in lines), key=lambda r: r["key"])
+    digest = hashlib.sha256(json.dumps([[r["key"], r["answer"]] for r in records]).encode()).hexdigest()[:12]
+    kept = [r["visual_tokens"][1] for r in records if "visual_tokens" in r]
+    return digest, len(records), (round(sum(kept) / len(kept), 2) if kept else None)
+
+
+def run_cell(*, spec: dict, row: Row, col: dict, out: pathlib.Path, adapter_kwargs: dict, limit: int | None,
+             include_path: pathlib.Path, env: dict, provenance: dict) -> dict:
+    """Run one (row, column) cell through lmms-eval unless its record exists; return the record."""
+    from reproduce import tasks
+
+    cell_dir = out / "cells" / slug(row.label)
+    record_path = cell_dir / f"{slug(col['benchmark'])}.json"
+    if record_path.exists():
+        return json.loads(record_path.read_text())
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from reproduce.adapter import adapter_class
+
+    task = tasks.task_name(col["task"])
+    cache = cell_dir / f"{slug(col['benchmark'])}.answers.jsonl"
+    lm = adapter_class()(method=row.key or "none", budget=row.budget if row.key else None, cache=str(cache),
+                         **adapter_kwargs)
+    started = time.time()
+    results = simple_evaluate(model=lm, tasks=[task], limit=limit, task_manager=TaskManager(
+        include_path=str(include_path), include_defaults=False), random_seed=SEED, numpy_random_seed=SEED,
+        torch_random_seed=SEED, fewshot_random_seed=SEED, verbosity="WARNING", log_samples=False)
+    if results is None:  # a non-zero rank under accelerate: rank 0 writes the record
+        return {}
+    raw = metric_value(results, task, col["metric"])
+    digest, n, kept = answers_digest(cache)
+    record = {"table": spec["table"], "spec_version": spec["spec_version"], "method": row.method,
+              "budget": row.budget, "benchmark": col["benchmark"], "task": task, "stock_task": col["task"],
+              "metric": col["metric"], "value": round(raw * col["scale"], 4), "raw_value": raw,
+              "n_samples": n, "limit": limit, "answers_sha256": digest, "mean_visual_tokens_kept": kept,
+              "wall_s": round(time.time() - started, 2),
+              "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "provenance": {**env, **provenance, "seed": SEED}}
+    write_json_atomic(record_path, record)
+    return record
+
+
+# ---------------------------------------------------------------------------------------------- table
+
+
+def derived_values(spec: dict, values: dict[str, float | None], vanilla: dict[str, float | None] | None) -> dict:
+    """The spec's derived columns for one row, from its benchmark ``values`` (None where not run).
+
+    >>> spec = {"columns": [{"benchmark": "A"}, {"benchmark": "MME"},
+    ...     {"benchmark": "Avg", "derived": "mean", "of": ["A", "MME"], "divide": {"MME": 20}},
+    ...     {"benchmark": "Rel", "derived": "relative", "of": "Avg", "to": "Vanilla"}]}
+    >>> derived_values(spec, {"A": 60.0, "MME": 1500.0}, {"Avg": 80.0})
+    {'Avg': 67.5, 'Rel': 84.375}
+    >>> derived_values(spec, {"A": 60.0, "MME": None}, None)
+    {'Avg': None, 'Rel': None}
+    """
+    out: dict[str, float | None] = {}
+    for col in spec["columns"]:
+        if col.get("derived") == "mean":
+            parts = [values.get(b) for b in col["of"]]
+            if any(p is None for p in parts):
+                out[col["benchmark"]] = None
+            else:
+                div = col.get("divide", {})
+                out[col["benchmark"]] = sum(p / div.get(b, 1) for b, p in zip(col["of"], parts)) / len(parts)
+        elif col.get("derived") == "relative":
+            mine = out.get(col["of"], values.get(col["of"]))
+            ref = (vanilla or {}).get(col["of"])
+            out[col["benchmark"]] = None if mine is None or not ref else 100.0 * mine / ref
+    return out
+
+
+def row_flops(spec: dict, row: Row) -> str:
+    """Prefill TFLOPs of the row on the spec's full-size model (see :func:`reproduce.efficiency.row_tflops`)."""
+    from reproduce.efficiency import row_tflops
+
+    try:
+        return f"{row_tflops(spec['model']['id'], row.key, row.budget):.2f}"
+    except ValueError as err:
+        return f"n/a ({err})"
+
+
+def build_table(spec: dict, rows: list[Row], skipped: list, records: dict) -> list[dict]:
+    """One long-form line per (row, benchmark incl. derived): paper, reproduced, delta, within tolerance."""
+    paper = paper_values(spec)
+    tol = spec["tolerance"]
+    columns = [c["benchmark"] for c in spec["columns"]]
+    per_row = {}
+    for row in rows:
+        per_row[row.label] = {c: records[(row.label, c)]["value"] if (row.label, c) in records else None for c in columns}
+    vanilla = next((per_row[r.label] for r in rows if r.method == "Vanilla"), None)
+    if vanilla is not None:
+        vanilla.update(derived_values(spec, vanilla, None))
+    lines = []
+    for row in rows:
+        values = per_row[row.label]
+        values.update({k: v for k, v in derived_values(spec, values, vanilla).items()})
+        for bench in columns:
+            mine, theirs = values.get(bench), paper.get((row.method, row.budget, bench))
+            delta = None if mine is None or theirs is None else mine - theirs
+            rec = records.get((row.label, bench), {})
+            lines.append({"method": row.method, "budget": row.budget, "benchmark": bench,
+                          "paper": _fmt(theirs), "reproduced": _fmt(mine), "delta": _fmt(delta, signed=True),
+                          "within_tolerance": "" if delta is None else ("yes" if abs(delta) <= tol.get(bench, tol["default"]) else "no"),
+                          "n_samples": rec.get("n_samples", ""), "answers_sha256": rec.get("answers_sha256", ""),
+                          "status": "run" if mine is not None else "not run"})
+        lines.append({"method": row.method, "budget": row.budget, "benchmark": "prefill TFLOPs", "paper": "",
+                      "reproduced": row_flops(spec, row), "delta": "", "within_tolerance": "", "n_samples": "",
+                      "answers_sha256": "", "status": "computed"})
+    for method, budget, why in skipped:
+        for bench in columns:
+            theirs = paper.get((method, budget, bench))
+            lines.append({"method": method, "budget": budget, "benchmark": bench, "paper": _fmt(theirs),
+                          "reproduced": "", "delta": "", "within_tolerance": "", "n_samples": "", "answers_sha256": "",
+                          "status": f"not run: {why}"})
+    return lines
+
+
+def _fmt(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return ""
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def table_csv(lines: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(lines[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(lines)
+    return buf.getvalue()
+
+
+def table_markdown(spec: dict, lines: list[dict], header: str) -> str:
+    """The wide table: one line per row, each cell ``ours / paper (delta, mark)``."""
+    columns = [c["benchmark"] for c in spec["columns"]] + ["prefill TFLOPs"]
+    order, cells = [], {}
+    for ln in lines:
+        label = (ln["method"], ln["budget"])
+        if label not in cells:
+            order.append(label)
+            cells[label] = {"status": ln["status"]}
+        cells[label][ln["benchmark"]] = ln
+        if ln["status"].startswith("not run: "):
+            cells[label]["status"] = ln["status"]
+    out = [header, "", "Each cell: reproduced / paper (difference; ✓ within tolerance, ✗ not). "
+           "`?` = the paper's value is unknown; blank = not run.", "",
+           "| method | budget | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+    for label in order:
+        row = cells[label]
+        if row["status"].startswith("not run: "):
+            out.append(f"| {label[0]} | {label[1]} | " + " | ".join(
+                f"— / {row[c]['paper'] or '?'}" if c in row else "" for c in columns) + f" |  ← {row['status']}")
+            continue
+        shown = []
+        for c in columns:
+            ln = row.get(c)
+            if ln is None:
+                shown.append("")
+            elif c == "prefill TFLOPs":
+                shown.append(ln["reproduced"])
+            elif not ln["reproduced"]:
+                shown.append(f"— / {ln['paper'] or '?'}")
+            elif not ln["paper"]:
+                shown.append(f"{ln['reproduced']} / ?")
+            else:
+                mark = "✓" if ln["within_tolerance"] == "yes" else "✗"
+                shown.append(f"{ln['reproduced']} / {ln['paper']} ({ln['delta']} {mark})")
+        out.append(f"| {label[0]} | {label[1]} | " + " | ".join(shown) + " |")
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def parse_args(table: str, argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=f"python -m reproduce {table}", description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny models and tiny local data on CPU (seconds)")
+    p.add_argument("--rows", help="comma-separated Method@budget labels, e.g. 'Vanilla@576,D2Pruner@64'")
+    p.add_argument("--columns", help="comma-separated benchmark names, e.g. 'POPE,MME'")
+    p.add_argument("--limit", type=int, help="at most N samples per benchmark (smoke default: the spec's)")
+    p.add_argument("--out", type=pathlib.Path, help="output folder (default results/<table>[-smoke])")
+    p.add_argument("--batch-size", type=int, default=None, help="requests per forward pass (default 8 on GPU, 2 on CPU)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    p.add_argument("--model-path", help="local folder of the checkpoint instead of the spec's hub id")
+    p.add_argument("--revision", help="checkpoint revision")
+    p.add_argument("--prior", type=pathlib.Path, help="prior file (default: the spec's path, relative to the current folder)")
+    args = p.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        p.error(f"--limit {args.limit} must be >= 1")
+    return args
+
+
+def main(table: str, argv: list[str] | None = None) -> int:
+    import torch
+
+    args = parse_args(table, list(argv or []))
+    spec = load_spec(table)
+    try:
+        rows, skipped = select_rows(spec, args.smoke, args.rows)
+        columns = select_columns(spec, args.columns)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    mspec = spec["model"]
+    out = args.out or ROOT / "results" / (table + ("-smoke" if args.smoke else ""))
+    if args.smoke:
+        model_id, dtype, limit = spec["smoke"]["model"], "float32", args.limit or spec["smoke"]["limit"]
+        max_tiles = int(spec["smoke"].get("max_tiles", 4))
+        revision = None
+    else:
+        model_id, dtype, limit = args.model_path or mspec["id"], mspec["dtype"], args.limit
+        max_tiles, revision = int(mspec.get("max_tiles") or 12), args.revision
+        prior = args.prior or pathlib.Path(mspec["prior"])
+        try:
+            check_inputs(spec, rows, columns, model_id, revision, prior)
+        except MissingInputs as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    from reproduce import adapter, tasks
+
+    out.mkdir(parents=True, exist_ok=True)
+    model = adapter.load(model_id, revision=revision, dtype=dtype, device=device,
+                         attn_implementation=mspec["attn_implementation"], max_tiles=max_tiles)
+    if args.smoke:
+        include_path = tasks.write_smoke_tasks([c["task"] for c in columns], out / "smoke-data", n=limit)
+        prior = out / "prior.json"
+        if any(r.key in NEEDS_PRIOR for r in rows) and not prior.exists():
+            smoke_prior(model[0], model[1], model[2], prior, max_tiles)
+    else:
+        include_path = tasks.TASK_DIR
+    batch = args.batch_size or (8 if device.startswith("cuda") else 2)
+    adapter_kwargs = {"pretrained": model_id, "prior": str(prior) if prior.exists() else None,
+                      "config": mspec.get("config", "default"), "batch_size": batch, "device": device, "dtype": dtype,
+                      "attn_implementation": mspec["attn_implementation"], "max_tiles": max_tiles, "revision": revision,
+                      "model": model}
+    env = environment(device)
+    provenance = {"model_id": model_id, "model_revision": revision or getattr(model[0].config, "_commit_hash", None),
+                  "dtype": dtype, "attn_implementation": mspec["attn_implementation"], "max_tiles": max_tiles,
+                  "prior_sha256": adapter.file_sha256(prior) if prior.exists() else None, "smoke": args.smoke,
+                  "command": "python -m reproduce " + " ".join([table, *(argv or [])])}
+    records: dict = {}
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    for row in rows:
+        for col in columns:
+            record = run_cell(spec=spec, row=row, col=col, out=out, adapter_kwargs=adapter_kwargs, limit=limit,
+                              include_path=include_path, env=env, provenance=provenance)
+            if record:
+                records[(row.label, col["benchmark"])] = record
+                if rank0:
+                    print(f"{row.label:>22} {col['benchmark']:<16} {record['value']:8.2f}  ({record['n_samples']} samples)",
+                          flush=True)
+    if not rank0:
+        return 0
+    lines = build_table(spec, rows, skipped, records)
+    header = (f"## {table}{' (smoke: tiny random model, tiny local data — not the paper numbers)' if args.smoke else ''}"
+              f"\n\n{spec['caption']}. Spec v{spec['spec_version']}; model {model_id}; "
+              f"{'limit ' + str(limit) + ' samples per benchmark' if limit else 'full benchmarks'}.")
+    (out / "table.csv").write_text(table_csv(lines), encoding="utf-8")
+    md = table_markdown(spec, lines, header)
+    (out / "table.md").write_text(md, encoding="utf-8")
+    print(md)
+    print(f"wrote {out / 'table.md'} and {out / 'table.csv'}")
+    return 0
