@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import pathlib
+import time
 from typing import Any
 
 import torch
@@ -36,6 +37,8 @@ __all__ = ["GREEDY_KEYS", "SampleCache", "adapter_class", "manifest", "parse_bud
 #: The generation arguments a task may pass; anything else (sampling, beams) is refused.
 GREEDY_KEYS = {"until", "max_new_tokens", "temperature", "do_sample", "num_beams", "top_p", "top_k"}
 TINY = {"tiny_llava": "llava", "tiny_internvl": "internvl"}
+#: This process's id in the answer cache (``run`` of each line): which run computed an answer.
+RUN_ID = f"{os.getpid()}-{time.time_ns()}"
 
 
 def parse_budget(value: Any) -> int | float | None:
@@ -228,8 +231,21 @@ def _make_class():
             self.fingerprint = {"pretrained": pretrained, "revision": revision, "method": self.method,
                                 "budget": budget if self.method else None, "config": config, "dtype": dtype,
                                 "prior_sha256": file_sha256(prior) if prior else None, "max_tiles": self.max_tiles}
-            self.cache = SampleCache(cache, self.fingerprint) if cache else None
+            self.cache_path = pathlib.Path(cache) if cache else None
+            self._cache: SampleCache | None = None
             self.last_stats: list[dict] = []
+
+        @property
+        def cache(self) -> SampleCache | None:
+            """The answer cache; under ``accelerate launch`` one file per rank (resume with the same number of processes)."""
+            if self.cache_path is None:
+                return None
+            if self._cache is None:
+                path = self.cache_path
+                if self.world_size > 1:
+                    path = path.with_name(f"{path.stem}.rank{self.rank}-of-{self.world_size}{path.suffix}")
+                self._cache = SampleCache(path, self.fingerprint)
+            return self._cache
 
         @property
         def device(self):
@@ -257,11 +273,12 @@ def _make_class():
             from d2pruner.models.loading import build_batch
 
             answers: list[str | None] = [None] * len(requests)
+            cache = self.cache
             pending = []
             for i, request in enumerate(requests):
                 context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
                 key = sample_key(task, split, doc_id, context, gen_kwargs)
-                hit = self.cache.get(key) if self.cache is not None else None
+                hit = cache.get(key) if cache is not None else None
                 if hit is not None:
                     answers[i] = hit["answer"]
                 else:
@@ -277,8 +294,8 @@ def _make_class():
                         records = self._generate(group, handle, build_batch, tile_grid)
                         for (i, _, _), record in zip(group, records):
                             answers[i] = record["answer"]
-                        if self.cache is not None:
-                            self.cache.add(records)
+                        if cache is not None:
+                            cache.add(records)
                         bar.update(len(group))
             finally:
                 bar.close()
@@ -315,7 +332,7 @@ def _make_class():
             for (_, key, request), text, st in zip(group, texts, stats):
                 _, _, _, doc_id, task, split = request.args
                 record = {"key": key, "task": task, "split": split, "doc_id": int(doc_id),
-                          "answer": cut_at_stops(text, until), "raw": text}
+                          "answer": cut_at_stops(text, until), "raw": text, "run": RUN_ID}
                 if st is not None:
                     record["visual_tokens"] = [int(st.n_visual_before), int(st.n_visual_after)]
                 records.append(record)

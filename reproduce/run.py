@@ -240,7 +240,8 @@ def write_json_atomic(path: pathlib.Path, data: Any) -> None:
 
 def answers_digest(path: pathlib.Path) -> tuple[str, int, float | None]:
     """SHA-256 (12 hex) of the sorted (key, answer) pairs, their count, and the mean visual tokens kept."""
-    lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    files = sorted(path.parent.glob(path.stem + "*" + path.suffix))  # one per rank under accelerate launch
+    lines = [line for f in files for line in f.read_text(encoding="utf-8").splitlines()[1:]]
     records = sorted((json.loads(line) for line in lines), key=lambda r: r["key"])
     digest = hashlib.sha256(json.dumps([[r["key"], r["answer"]] for r in records]).encode()).hexdigest()[:12]
     kept = [r["visual_tokens"][1] for r in records if "visual_tokens" in r]
