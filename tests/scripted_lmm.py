@@ -10,10 +10,11 @@ subprocess::
 
     python tests/scripted_lmm.py SCENARIOS.json RESULTS.json
 
-``SCENARIOS.json``: ``{"include_path": str, "scenarios": [{"name": str, "tasks": [str],
+``SCENARIOS.json``: ``{"include_path": str, "guard_api": bool, "scenarios": [{"name": str, "tasks": [str],
 "answers": [[task, doc_id, answer], ...]}]}``. ``RESULTS.json``: ``{name: {"results":
 lmms-eval's results["results"], "seen": [[task, doc_id, {"context", "gen_kwargs",
-"image_sizes"}], ...]}}`` plus ``"seconds"`` per scenario.
+"image_sizes"}], ...], "seconds": float}, "api_calls": int}``; with ``guard_api``
+every HTTP call through ``requests`` fails at once and is counted in ``api_calls``.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ def run_scenarios(spec: dict) -> dict:
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
+    api_calls = []
+    if spec.get("guard_api"):
+        _guard_http(api_calls)
     model_class = scripted_lmm_class()
     out = {}
     for scenario in spec["scenarios"]:
@@ -95,7 +99,21 @@ def run_scenarios(spec: dict) -> dict:
             "seen": [[t, d, v] for (t, d), v in sorted(model.seen.items())],
             "seconds": time.perf_counter() - start,
         }
+    out["api_calls"] = len(api_calls)
     return out
+
+
+def _guard_http(calls: list) -> None:
+    """Make every ``requests`` call in this process fail at once, counting it (no API may be used)."""
+    import requests
+
+    def refuse(*args, **kwargs):
+        calls.append(args[:2])
+        raise requests.ConnectionError(f"HTTP refused in the metric-contract run: {args[:2]}")
+
+    requests.post = refuse
+    requests.get = refuse
+    requests.Session.request = refuse
 
 
 def main(argv: list[str]) -> int:
