@@ -7,7 +7,7 @@ list[Selection]`` over :class:`d2pruner.models.hooks.ItemInputs`. Baselines tag 
 with :attr:`~d2pruner.spec.Role.KEPT` (they have no pivots or MIS).
 
 >>> sorted(METHODS)
-['d2pruner', 'dart', 'divprune', 'fastv', 'mmr-d2score', 'pyramiddrop', 'random']
+['d2pruner', 'dart', 'divprune', 'fastv', 'mmr-d2score', 'pyramiddrop', 'random', 'visionzip']
 >>> get_method("fastv").default_layer, get_method("divprune").default_layer
 (2, 0)
 """
@@ -24,7 +24,7 @@ from d2pruner import baselines
 from d2pruner.spec import D2PrunerConfig, Role, Selection
 
 __all__ = ["METHODS", "DARTMethod", "DivPruneMethod", "FastVMethod", "MMRMethod", "PyramidDropMethod", "RandomMethod",
-           "get_method"]
+           "VisionZipMethod", "get_method"]
 
 
 def _kept(kept_row: torch.Tensor) -> Selection:
@@ -163,6 +163,42 @@ class PyramidDropMethod:
         return [_kept(baselines.fastv_selection(it.attn[None].float(), [k])[0]) for it, k in zip(items, n_keep)]
 
 
+@dataclasses.dataclass(frozen=True)
+class VisionZipMethod:
+    """VisionZip (CVPR'25), before the LLM: dominant tokens by the [CLS] attention of the vision layer
+    whose output the model projects (LLaVA-1.5: ``vision_feature_layer=-2``, the penultimate CLIP
+    layer), contextual tokens by merging every other token into uniform-stride targets by the
+    similarity of that layer's head-averaged keys (:func:`d2pruner.baselines.visionzip_selection`).
+    A merged token is the mean of its group's vision features, put through the model's projector, and
+    takes its target's place in the sequence. Dominant + contextual = the budget exactly
+    (:func:`d2pruner.baselines.visionzip_split`: 54 + 10 at 64 tokens).
+
+    Models without a [CLS] token in the projected features (InternVL after pixel shuffle) refuse it at
+    attach time.
+    """
+
+    name: str = "visionzip"
+    default_layer: int = 0
+    needs_attention: bool = False
+    needs_vision: bool = True
+    needs_cls_attention: bool = True
+
+    def select(self, items, n_keep: Sequence[int]) -> list[Selection]:
+        from d2pruner.models.hooks import MergedSelection
+
+        out = []
+        for i, (it, k) in enumerate(zip(items, n_keep)):
+            if it.cls_attention is None or it.vision_keys is None or it.vision_features is None or it.project is None:
+                raise ValueError(f"visionzip needs the vision tower's [CLS] attention, keys and features of item {i}; "
+                                 "attach it through the model hooks of a model with a [CLS] token (LLaVA)")
+            plan = baselines.visionzip_selection(it.cls_attention, it.vision_keys, k)
+            merged = it.project(baselines.visionzip_merge(it.vision_features, plan))  # (C, D)
+            kept = plan.kept.cpu().numpy()
+            out.append(MergedSelection(kept, np.full(len(kept), int(Role.KEPT), np.int8),
+                                       replaced=plan.targets.cpu().numpy(), features=merged))
+        return out
+
+
 def _d2pruner(**kw):
     from d2pruner.models.hooks import D2PrunerMethod
 
@@ -170,7 +206,7 @@ def _d2pruner(**kw):
 
 
 METHODS = {"d2pruner": _d2pruner, "dart": DARTMethod, "fastv": FastVMethod, "random": RandomMethod, "divprune": DivPruneMethod,
-           "mmr-d2score": MMRMethod, "pyramiddrop": PyramidDropMethod}
+           "mmr-d2score": MMRMethod, "pyramiddrop": PyramidDropMethod, "visionzip": VisionZipMethod}
 
 
 def get_method(name: str, **options):

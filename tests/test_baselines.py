@@ -168,3 +168,56 @@ def test_dart_keeps_the_key_norm_pivots_and_claims_the_least_similar(data, n_img
     if quota < len(sims):
         assume(sims[quota][0] - sims[quota - 1][0] > 1e-9)  # no near-tie at the boundary of the share
     assert {i for _, i in sims[:quota]} <= set(kept), "the first pivot did not claim its least similar tokens"
+
+
+@given(batch(max_n=24), st.integers(0, 3))
+def test_visionzip_dominant_targets_assignment_and_merge(data, c_shift):
+    """VisionZip step by step: dominant = top-D of the [CLS] attention (ties to the lower index); targets
+    = every max(1, R // C)-th remaining token; the rest go to the key-most-similar target (lower target on
+    ties); a contextual token is the mean of its target and its assigned tokens; D + C = the budget."""
+    from d2pruner.baselines import visionzip_merge, visionzip_selection, visionzip_split
+
+    feats, scores, n_keep = data
+    keys, cls, k = feats[0], scores[0], n_keep[0]
+    n = len(cls)
+    c = min(k, visionzip_split(k)[1] + c_shift)
+    plan = visionzip_selection(cls, keys, k, n_contextual=c)
+    s = cls.tolist()
+    assert plan.dominant.tolist() == sorted(sorted(range(n), key=lambda j: (-s[j], j))[: k - c])
+    assert len(plan.kept) == k == len(set(plan.kept.tolist())) and plan.kept.tolist() == sorted(plan.kept.tolist())
+    remaining = [j for j in range(n) if j not in plan.dominant.tolist()]
+    step = max(1, len(remaining) // c) if c else 1
+    assert plan.targets.tolist() == (remaining[::step][:c] if c else [])
+    sim = cosine(keys.numpy())
+    targets = plan.targets.tolist()
+    for j in range(n):
+        a = int(plan.assignment[j])
+        if j in remaining and j not in targets and targets:
+            best = max(sim[j, t] for t in targets)
+            first = next(t for t in targets if sim[j, t] >= best - 1e-9)  # the lower target of (float) ties
+            assert a in targets and abs(sim[j, a] - sim[j, first]) <= 1e-9, f"token {j} went to {a}, not {first}"
+        else:
+            assert a == -1
+    merged = visionzip_merge(feats[-1], plan)
+    for row, t in zip(merged, targets):
+        group = [t] + [j for j in range(n) if int(plan.assignment[j]) == t]
+        torch.testing.assert_close(row, feats[-1][group].mean(dim=0), atol=1e-12, rtol=0)
+
+
+def test_visionzip_split_reproduces_the_published_settings_and_sums_to_the_budget():
+    from d2pruner.baselines import visionzip_split
+
+    assert [visionzip_split(k) for k in (64, 128, 192)] == [(54, 10), (108, 20), (162, 30)]
+    for k in range(1, 3000):
+        d, c = visionzip_split(k)
+        assert d + c == k and d >= 1 and abs(c - 10 * k / 64) <= 0.5
+
+
+def test_visionzip_ties_go_to_the_lower_index():
+    from d2pruner.baselines import visionzip_selection
+
+    cls = torch.tensor([0.3, 0.3, 0.3, 0.1, 0.1, 0.1, 0.1])
+    keys = torch.tensor([[1.0, 0.0]] * 7)  # every key alike: each merged token ties between both targets
+    plan = visionzip_selection(cls, keys, 4, n_contextual=2)
+    assert plan.dominant.tolist() == [0, 1] and plan.targets.tolist() == [2, 4]
+    assert plan.assignment.tolist() == [-1, -1, -1, 2, -1, 2, 2]

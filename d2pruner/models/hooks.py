@@ -32,7 +32,8 @@ import torch
 
 from d2pruner.spec import D2PrunerConfig, Role, Selection, TokenLayout, resolve_budget
 
-__all__ = ["D2PrunerMethod", "ItemInputs", "ItemStats", "PruningHandle", "last_token_attention", "resolve_method"]
+__all__ = ["D2PrunerMethod", "ItemInputs", "ItemStats", "MergedSelection", "PruningHandle", "VisionCapture",
+           "cls_attention_and_keys", "last_token_attention", "resolve_method"]
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
@@ -42,7 +43,13 @@ class ItemInputs:
     """What a selection method sees for one item: ``attn`` (N,), ``features`` (N, D), the layout and
     the prior (N,) or None (tensors on the model's device). Methods with ``needs_keys`` also get the
     L1 norms of the pruning layer's keys (before RoPE) of the visual tokens (N,) and of the item's
-    text tokens (T,), and the text tokens' hidden states (T, D)."""
+    text tokens (T,), and the text tokens' hidden states (T, D).
+
+    Methods that prune before the LLM with ``needs_vision`` also get ``vision_features`` (N, Dv), the
+    visual tokens as the projector receives them, and ``project``, the model's projector
+    ((M, Dv) -> (M, D)); with ``needs_cls_attention`` the [CLS] attention (N,) and the head-averaged
+    keys (N, d) of the vision layer whose output the model takes (:class:`VisionCapture`); with
+    ``needs_instruction`` the item's instruction text (:meth:`PruningHandle.set_instructions`)."""
 
     attn: torch.Tensor | None
     features: torch.Tensor
@@ -51,7 +58,31 @@ class ItemInputs:
     key_norms: torch.Tensor | None = None
     text_key_norms: torch.Tensor | None = None
     text_features: torch.Tensor | None = None
+    vision_features: torch.Tensor | None = None
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None
+    cls_attention: torch.Tensor | None = None
+    vision_keys: torch.Tensor | None = None
+    instruction: str | None = None
 
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MergedSelection(Selection):
+    """A selection whose kept tokens ``replaced`` (indices into the item's visual tokens, a subset of
+    ``kept``) enter the next layer with new hidden states ``features`` (M, D) instead of their own:
+    merging methods (VisionZip's contextual tokens) keep one slot per merged group."""
+
+    replaced: np.ndarray | None = None
+    features: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        replaced = np.zeros(0, np.int64) if self.replaced is None else np.asarray(self.replaced, dtype=np.int64)
+        object.__setattr__(self, "replaced", replaced)
+        n_feat = 0 if self.features is None else int(self.features.shape[0])
+        if replaced.ndim != 1 or n_feat != len(replaced):
+            raise ValueError(f"{len(replaced)} replaced tokens but {n_feat} replacement features")
+        if not np.isin(replaced, self.kept).all():
+            raise ValueError(f"replaced tokens {sorted(set(replaced.tolist()) - set(self.kept.tolist()))} are not kept")
 
 @dataclasses.dataclass(frozen=True)
 class D2PrunerMethod:
@@ -161,6 +192,114 @@ def last_token_attention(layer: torch.nn.Module, hidden_states: torch.Tensor, po
     return scores.softmax(dim=-1).mean(dim=1)[:, 0]  # (B, L)
 
 
+def cls_attention_and_keys(attn: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The [CLS] query's attention to the patch tokens, summed over heads, and the head-averaged keys
+    of the patch tokens, for a ViT self-attention (CLIP layout: ``q_proj``, ``k_proj``, ``num_heads``,
+    ``head_dim``, ``scale``; no mask), computed from the attention's input so that the vision tower
+    may run ``sdpa``.
+
+    Parameters
+    ----------
+    attn : the self-attention module
+    hidden_states : Tensor (B, 1 + N, Dv) -- its input (after the layer's first norm); token 0 is [CLS]
+
+    Returns
+    -------
+    (Tensor (B, N) float32, Tensor (B, N, head_dim) float32)
+        Softmax over all 1 + N keys (as the layer computes it), summed over heads, [CLS] column dropped;
+        and the keys (with bias, before any reshaping) averaged over heads, [CLS] dropped.
+    """
+    b, n, _ = hidden_states.shape
+    hd = attn.head_dim
+    q = attn.q_proj(hidden_states[:, :1]).view(b, 1, -1, hd).transpose(1, 2).float()  # (B, nH, 1, hd)
+    k = attn.k_proj(hidden_states).view(b, n, -1, hd).transpose(1, 2).float()  # (B, nH, 1+N, hd)
+    probs = ((q @ k.transpose(-1, -2)) * attn.scale).softmax(dim=-1)  # (B, nH, 1, 1+N)
+    return probs.sum(dim=1)[:, 0, 1:], k.mean(dim=1)[:, 1:]  # (B, N), (B, N, hd)
+
+
+class VisionCapture:
+    """Forward pre-hooks that record what a pre-LLM method reads from the vision side each time the
+    images are encoded: the projector's input (images, T, Dv) and, optionally, the [CLS] attention and
+    keys of one vision self-attention (:func:`cls_attention_and_keys`).
+
+    Recording starts afresh whenever the vision tower runs (``generate`` encodes the images before
+    the prompt pass, a plain forward inside it), and :meth:`per_item` consumes it: it cuts the rows, in
+    placeholder order, into one block per batch item (an item with ``N`` visual tokens takes the next
+    ``N / T`` images).
+    """
+
+    def __init__(self, vision_tower: torch.nn.Module, projector: torch.nn.Module,
+                 cls_attention_module: torch.nn.Module | None = None) -> None:
+        self.vision_tower, self.projector, self.cls_module = vision_tower, projector, cls_attention_module
+        self._projecting = False
+        self.reset()
+
+    def reset(self) -> None:
+        self.features: list[torch.Tensor] = []
+        self.cls: list[torch.Tensor] = []
+        self.keys: list[torch.Tensor] = []
+
+    def register(self) -> list:
+        handles = [self.vision_tower.register_forward_pre_hook(lambda *_: self.reset()),
+                   self.projector.register_forward_pre_hook(self._on_projector, with_kwargs=True)]
+        if self.cls_module is not None:
+            handles.append(self.cls_module.register_forward_pre_hook(self._on_attention, with_kwargs=True))
+        return handles
+
+    def _on_projector(self, module, args, kwargs):
+        if not self._projecting:  # not the method's own projection of merged tokens
+            x = args[0] if args else next(iter(kwargs.values()))
+            self.features.append(x)  # (images, T, Dv)
+        return None
+
+    def _on_attention(self, module, args, kwargs):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        if kwargs.get("attention_mask") is not None:
+            raise ValueError("the [CLS] attention is computed without a mask, but the vision layer got one")
+        cls, keys = cls_attention_and_keys(module, hidden)
+        self.cls.append(cls)
+        self.keys.append(keys)
+        return None
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's projector on (M, Dv) vision features -> (M, D)."""
+        self._projecting = True
+        try:
+            return self.projector(x[None])[0]
+        finally:
+            self._projecting = False
+
+    def per_item(self, sizes: Sequence[int | None]) -> list[dict | None]:
+        """For each item with ``sizes[i]`` visual tokens (None: no image), its slice of the records."""
+        if not self.features:
+            raise ValueError("no projector input was recorded for this prompt pass: the images must be encoded by the "
+                             "model (pixel_values), not passed as precomputed features")
+        feats = torch.cat(self.features)  # (images, T, Dv)
+        per_image = feats.shape[1]
+        cls = torch.cat(self.cls) if self.cls else None  # (images, T or T+1)
+        keys = torch.cat(self.keys) if self.keys else None
+        if cls is not None and cls.shape[1] != per_image:
+            raise ValueError(f"the vision layer has {cls.shape[1]} patch tokens per image but the projector "
+                             f"receives {per_image}")
+        out, start = [], 0
+        for i, n in enumerate(sizes):
+            if n is None:
+                out.append(None)
+                continue
+            if n % per_image:
+                raise ValueError(f"item {i} has {n} visual tokens, not a multiple of the {per_image} per image")
+            stop = start + n // per_image
+            if stop > feats.shape[0]:
+                raise ValueError(f"item {i} needs images {start}..{stop - 1}, but only {feats.shape[0]} were encoded")
+            extra = {"vision_features": feats[start:stop].reshape(n, -1), "project": self.project}  # (N, Dv)
+            if cls is not None:
+                extra.update(cls_attention=cls[start:stop].reshape(n), vision_keys=keys[start:stop].reshape(n, -1))
+            out.append(extra)
+            start = stop
+        self.reset()  # consumed: a later prompt pass must encode its own images
+        return out
+
+
 @dataclasses.dataclass
 class _Pruned:
     """State of a pruned prompt pass, kept for the decoding steps that follow."""
@@ -183,7 +322,8 @@ class PruningHandle:
 
     def __init__(self, model: torch.nn.Module, *, language_model: torch.nn.Module, find_items: Callable,
                  budget: Any, method: Any, prune_layer: int, prior: torch.Tensor | None,
-                 expand_prior: Callable[[torch.Tensor, TokenLayout], torch.Tensor]) -> None:
+                 expand_prior: Callable[[torch.Tensor, TokenLayout], torch.Tensor],
+                 vision: VisionCapture | None = None) -> None:
         impl = getattr(model.config, "_attn_implementation", None) or "eager"
         text_impl = getattr(getattr(model.config, "text_config", model.config), "_attn_implementation", impl)
         if text_impl not in SUPPORTED_ATTENTION:
@@ -198,7 +338,15 @@ class PruningHandle:
         if prune_layer == 0 and (getattr(method, "needs_attention", False) or len(stage_layers) > 1):
             raise ValueError(f"method {getattr(method, 'name', method)!r} reads the attention row of layer K-1, so it "
                              "cannot prune before the LLM (prune_layer=0)")
+        if getattr(method, "needs_vision", False) and stage_layers != [0]:
+            raise ValueError(f"method {getattr(method, 'name', method)!r} merges or scores vision-tower features, so it "
+                             f"prunes before the LLM only (prune_layer=0), not at {stage_layers}")
+        if getattr(method, "needs_vision", False) and vision is None:
+            raise ValueError(f"method {getattr(method, 'name', method)!r} needs the vision tower's features; this model "
+                             "family does not provide them")
         self.model, self.layers, self.find_items = model, layers, find_items
+        self.vision = vision if getattr(method, "needs_vision", False) else None
+        self.instructions: list | None = None
         self.language_model = language_model
         self.budget, self.method, self.prune_layer = budget, method, prune_layer
         self.stage_layers = list(stage_layers)
@@ -211,6 +359,8 @@ class PruningHandle:
         self._pruned: _Pruned | None = None
         self._step: dict = {}
         self._handles = [model.register_forward_pre_hook(self._on_model, with_kwargs=True)]
+        if self.vision is not None:
+            self._handles += self.vision.register()
         if prune_layer == 0:  # before the LLM: the kept tokens are renumbered as if the placeholders had been shortened
             self._handles.append(language_model.register_forward_pre_hook(self._on_language_model, with_kwargs=True))
         for i in range(prune_layer, len(layers)):
@@ -221,6 +371,13 @@ class PruningHandle:
                 self._handles.append(layers[stage_layer - 1].register_forward_pre_hook(self._on_score_layer, with_kwargs=True))
 
     # -- lifecycle -----------------------------------------------------------------------------------
+    def set_instructions(self, instructions: Sequence[str | None]) -> None:
+        """Each batch item's instruction text (the question, without the prompt template), for the next
+        forward passes; methods with ``needs_instruction`` (CDPruner) read it."""
+        if isinstance(instructions, str):
+            raise ValueError("set_instructions takes one text per batch item (a list), got a single string")
+        self.instructions = [None if t is None else str(t) for t in instructions]
+
     def remove(self) -> None:
         """Detach every hook; the model behaves exactly as before."""
         for h in self._handles:
@@ -254,6 +411,7 @@ class PruningHandle:
             if mask2d is not None and mask2d.ndim == 2 and bool((mask2d[:, -1] == 0).any()):
                 raise ValueError("right padding is not supported (the last token must be real): use padding_side='left'")
             self._mode, self._items, self._pruned = "prefill", items, None
+
         elif self._pruned is not None and cache is self._pruned.cache and cache is not None:
             q = input_ids.shape[1] if input_ids is not None else kwargs["inputs_embeds"].shape[1]
             if mask2d is not None and mask2d.ndim == 2:
@@ -356,6 +514,19 @@ class PruningHandle:
             keys = layer.self_attn.k_proj(layer.input_layernorm(hidden))  # (B, L_cur, kv_heads * head_dim)
             key_norms = keys.float().abs().sum(dim=-1)  # (B, L_cur)
         present = [i for i, it in enumerate(self._items) if it is not None]
+        vision_extra = None
+        if self.vision is not None:
+            vision_extra = self.vision.per_item([None if it is None else len(it[1]) for it in self._items])
+        if getattr(self.method, "needs_instruction", False):
+            name = getattr(self.method, "name", self.method)
+            if self.instructions is None:
+                raise ValueError(f"{name} needs each item's instruction text: call handle.set_instructions([...]) "
+                                 "before the forward pass")
+            if len(self.instructions) != b:
+                raise ValueError(f"set_instructions gave {len(self.instructions)} texts for a batch of {b} items")
+            missing = [i for i in present if self.instructions[i] is None]
+            if missing:
+                raise ValueError(f"{name} needs the instruction text of item {missing[0]}, which is None")
         inputs, slots_of, ordinals_of = [], {}, {}
         for i in present:
             pos, layout = self._items[i]
@@ -377,6 +548,10 @@ class PruningHandle:
                 text_slots = text.nonzero()[:, 0]  # (T,) real, non-visual tokens
                 extra = dict(key_norms=key_norms[i, slots], text_key_norms=key_norms[i, text_slots],
                              text_features=hidden[i, text_slots])
+            if vision_extra is not None:
+                extra.update(vision_extra[i])
+            if getattr(self.method, "needs_instruction", False):
+                extra["instruction"] = self.instructions[i]
             inputs.append(ItemInputs(attn, hidden[i, slots], sub_layout, prior, **extra))
         if stage == 0:
             sizes = [len(it.layout) for it in inputs]
@@ -426,6 +601,14 @@ class PruningHandle:
         slot_of.scatter_(1, torch.where(cur_valid, cur_index, 0), torch.arange(n_cur, device=device).expand(b, n_cur) * cur_valid)
         src = slot_of.gather(1, index)  # (B, L') current slot of each kept position
         h = hidden.gather(1, src[..., None].expand(b, new_len, hidden.shape[-1]))  # (B, L', H)
+        for i, sel in sel_of.items():  # merged tokens: new hidden states in their slots
+            if isinstance(sel, MergedSelection) and len(sel.replaced):
+                # ``replaced`` indexes the method's inputs, i.e. the current visual slots of item i
+                orig = cur_index[i, slots_of[i][torch.as_tensor(sel.replaced, device=device)]]  # (M,) original positions
+                valid = slot_valid[i]
+                new_slot = torch.full((n_seq,), -1, dtype=torch.long, device=device)
+                new_slot[index[i][valid]] = torch.arange(new_len, device=device)[valid]  # (L,) new slot of each kept position
+                h[i, new_slot[orig]] = sel.features.to(device=device, dtype=h.dtype)  # (M, H)
 
         def gather3(t):  # (B|1, L, X) -> (B, L', X) at the kept original positions
             return t.expand(b, n_seq, t.shape[-1]).gather(1, index[..., None].expand(b, new_len, t.shape[-1]))

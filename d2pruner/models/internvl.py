@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import torch
 
-from d2pruner.models.hooks import PruningHandle, resolve_method
+from d2pruner.models.hooks import PruningHandle, VisionCapture, resolve_method
 from d2pruner.models.prior import prior_tensor
 from d2pruner.spec import D2PrunerConfig, TokenLayout
 
@@ -115,13 +115,19 @@ def attach(model, budget: Any, *, config: D2PrunerConfig | None = None, prior: A
         raise ValueError(f"internvl.attach expects an InternVLForConditionalGeneration, got {type(model).__name__}")
     config = config or D2PrunerConfig()
     method, layer = resolve_method(method, config, backend, prune_layer)
+    if getattr(method, "needs_cls_attention", False):
+        raise ValueError(f"{method.name} needs the [CLS] attention of the vision tower, which InternVL does not have: "
+                         "its [CLS] token is dropped before the pixel shuffle, so no [CLS] query scores the 256 "
+                         "merged tokens of a tile")
     inner = model.model if isinstance(model, InternVLForConditionalGeneration) else model
+    vision = VisionCapture(inner.vision_tower, inner.multi_modal_projector) if getattr(method, "needs_vision", False) else None
     side = tile_side(model)
     token_id = int(model.config.image_token_id)
     handle: InternVLHandle
     handle = InternVLHandle(inner, language_model=inner.language_model,
                             find_items=lambda ids: find_items(ids, token_id, side, handle.tile_grids), budget=budget,
                             method=method, prune_layer=layer,
-                            prior=prior_tensor(prior, side * side, model, layer), expand_prior=_expand_prior)
+                            prior=prior_tensor(prior, side * side, model, layer), expand_prior=_expand_prior,
+                            vision=vision)
     handle.max_tiles = int(max_tiles)
     return handle

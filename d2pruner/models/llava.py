@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from d2pruner.models.hooks import PruningHandle, resolve_method
+from d2pruner.models.hooks import PruningHandle, VisionCapture, resolve_method
 from d2pruner.models.prior import prior_tensor
 from d2pruner.spec import D2PrunerConfig, TokenLayout
 
@@ -54,6 +54,40 @@ def find_items(input_ids: torch.Tensor, image_token_id: int, side: int) -> list:
 
 def _expand_prior(prior: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     return prior.repeat(layout.n_views)  # one copy per image
+
+
+def feature_attention_layer(model) -> int:
+    """Index of the vision encoder layer whose output LLaVA projects: ``hidden_states[vision_feature_layer]``
+    is the output of layer ``vision_feature_layer mod (n_layers + 1) - 1`` (layer 22 of 24 for
+    LLaVA-1.5's ``-2``, its penultimate layer)."""
+    cfg = model.config
+    layer = cfg.vision_feature_layer
+    n = int(cfg.vision_config.num_hidden_layers)
+    if not isinstance(layer, int):
+        raise ValueError(f"vision_feature_layer={layer!r}: methods reading the vision attention need a single layer")
+    index = layer % (n + 1) - 1
+    if index < 0:
+        raise ValueError(f"vision_feature_layer={layer} selects the patch embeddings, which have no attention layer")
+    return index
+
+
+def vision_capture(model, inner, method) -> VisionCapture | None:
+    """The vision-side records a pre-LLM method needs (projector input; [CLS] attention and keys of the
+    projected layer for ``needs_cls_attention``), or None."""
+    if not getattr(method, "needs_vision", False):
+        return None
+    cls_module = None
+    if getattr(method, "needs_cls_attention", False):
+        strategy = model.config.vision_feature_select_strategy
+        if strategy != "default":
+            raise ValueError(f"vision_feature_select_strategy={strategy!r}: {method.name} expects 'default' (the [CLS] "
+                             "token dropped before the projector)")
+        vision_model = getattr(inner.vision_tower, "vision_model", inner.vision_tower)  # transformers 4.x / 5.x
+        if not hasattr(getattr(vision_model, "encoder", None), "layers"):
+            raise ValueError(f"{method.name} needs a CLIP-style vision tower with a [CLS] token, got "
+                             f"{type(inner.vision_tower).__name__}")
+        cls_module = vision_model.encoder.layers[feature_attention_layer(model)].self_attn
+    return VisionCapture(inner.vision_tower, inner.multi_modal_projector, cls_module)
 
 
 def attach(model, budget: Any, *, config: D2PrunerConfig | None = None, prior: Any = None, method: Any = None,
@@ -93,5 +127,5 @@ def attach(model, budget: Any, *, config: D2PrunerConfig | None = None, prior: A
     return PruningHandle(inner, language_model=inner.language_model,
                          find_items=lambda ids: find_items(ids, token_id, side), budget=budget,
                          method=method, prune_layer=layer,
-                         prior=prior_values, expand_prior=_expand_prior)
+                         prior=prior_values, expand_prior=_expand_prior, vision=vision_capture(model, inner, method))
 
