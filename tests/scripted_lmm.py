@@ -13,7 +13,8 @@ subprocess::
 ``SCENARIOS.json``: ``{"include_path": str, "guard_api": bool, "scenarios": [{"name": str, "tasks": [str],
 "answers": [[task, doc_id, answer], ...]}]}``. ``RESULTS.json``: ``{name: {"results":
 lmms-eval's results["results"], "seen": [[task, doc_id, {"context", "gen_kwargs",
-"image_sizes"}], ...], "seconds": float}, "api_calls": int}``; with ``guard_api``
+"image_sizes"}], ...], "seconds": float}, "api_calls": int, "task_dir": {...}}``
+(``task_dir`` when the spec has ``check_task_dir``, see :func:`check_task_dir`); with ``guard_api``
 every HTTP call through ``requests`` fails at once and is counted in ``api_calls``.
 """
 
@@ -100,7 +101,40 @@ def run_scenarios(spec: dict) -> dict:
             "seconds": time.perf_counter() - start,
         }
     out["api_calls"] = len(api_calls)
+    if spec.get("check_task_dir"):
+        out["task_dir"] = check_task_dir(spec["check_task_dir"])
     return out
+
+
+def check_task_dir(task_dir: str) -> dict:
+    """What lmms-eval makes of a folder of task YAMLs without loading any data.
+
+    Parameters
+    ----------
+    task_dir : str
+        Folder of task YAMLs.
+
+    Returns
+    -------
+    dict
+        ``{"indexed": [task names TaskManager finds], "import_errors": {yaml name: error}}``;
+        every YAML is read in lmms-eval's "full" mode, which imports each ``!function``.
+    """
+    import pathlib
+
+    from lmms_eval.tasks import TaskManager
+    from lmms_eval.utils import load_yaml_config
+
+    errors = {}
+    for path in sorted(pathlib.Path(task_dir).glob("*.yaml")):
+        try:
+            config = load_yaml_config(yaml_path=str(path), mode="full")
+            if not callable(config.get("doc_to_text")):
+                errors[path.name] = f"doc_to_text is not callable: {config.get('doc_to_text')!r}"
+        except Exception as error:  # reported, not raised: the test names every broken YAML
+            errors[path.name] = f"{type(error).__name__}: {error}"
+    manager = TaskManager(include_path=task_dir, include_defaults=False)
+    return {"indexed": sorted(manager.all_tasks), "import_errors": errors}
 
 
 def _guard_http(calls: list) -> None:

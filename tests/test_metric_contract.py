@@ -331,7 +331,7 @@ def _answers(smoke_dir, scenario):
 def contract(smoke_dir, tmp_path_factory):
     """Run both scenarios on every smoke task in one lmms-eval subprocess; parsed results."""
     work = tmp_path_factory.mktemp("lmms_run")
-    spec = {"include_path": str(smoke_dir), "guard_api": True,
+    spec = {"include_path": str(smoke_dir), "guard_api": True, "check_task_dir": str(TASK_DIR),
             "scenarios": [{"name": s, "tasks": [task_name(t) for t in ALL], "answers": _answers(smoke_dir, s)}
                           for s in ("right", "mixed")]}
     (work / "spec.json").write_text(json.dumps(spec))
@@ -373,6 +373,21 @@ def test_every_spec_metric_key_is_reported(contract):
         for column in spec["columns"]:
             if "task" in column:
                 _metric(contract, "right", column["task"], f"{column['metric']},none")
+
+
+@pytest.mark.lmms
+def test_lmms_eval_indexes_and_imports_every_real_task(contract):
+    assert contract["task_dir"]["import_errors"] == {}
+    assert contract["task_dir"]["indexed"] == sorted(task_name(s) for s in ALL)
+
+
+@pytest.mark.lmms
+def test_spec_scales_put_all_right_answers_at_100(contract):
+    for spec in _specs():
+        for column in spec["columns"]:
+            if "task" in column and column["task"] != "mme":  # MME: 200 per category, checked below
+                value = _metric(contract, "right", column["task"], f"{column['metric']},none")
+                assert value * column["scale"] == pytest.approx(100, **EXACT), (spec["table"], column)
 
 
 @pytest.mark.lmms
