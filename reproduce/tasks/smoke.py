@@ -32,7 +32,7 @@ import pathlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-__all__ = ["SAMPLES", "write_smoke_tasks", "load_task_yaml", "dump_task_yaml", "FunctionRef"]
+__all__ = ["SAMPLES", "Sample", "sample_png", "write_smoke_tasks", "load_task_yaml", "dump_task_yaml", "FunctionRef"]
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,31 @@ def _png(name: str, size: tuple[int, int]) -> bytes:
     return buffer.getvalue()
 
 
+def sample_png(sample: Sample) -> bytes:
+    """PNG bytes of one of :data:`SAMPLES`, RGB, at its smoke size (the same bytes every call).
+
+    Parameters
+    ----------
+    sample : Sample
+        One of :data:`SAMPLES`.
+
+    Returns
+    -------
+    bytes
+        The PNG file the smoke data stores for it.
+
+    Examples
+    --------
+    >>> import io
+    >>> from PIL import Image
+    >>> Image.open(io.BytesIO(sample_png(SAMPLES[1]))).size
+    (200, 125)
+    """
+    return _png(sample.name, sample.size)
+
+
 def _image(sample: Sample) -> dict:
-    return {"bytes": _png(sample.name, sample.size), "path": f"{sample.name}.png"}
+    return {"bytes": sample_png(sample), "path": f"{sample.name}.png"}
 
 
 def _a(noun: str) -> str:
