@@ -7,7 +7,7 @@ list[Selection]`` over :class:`d2pruner.models.hooks.ItemInputs`. Baselines tag 
 with :attr:`~d2pruner.spec.Role.KEPT` (they have no pivots or MIS).
 
 >>> sorted(METHODS)
-['d2pruner', 'dart', 'divprune', 'fastv', 'mmr-d2score', 'pyramiddrop', 'random', 'visionzip']
+['cdpruner', 'd2pruner', 'dart', 'divprune', 'fastv', 'mmr-d2score', 'pyramiddrop', 'random', 'visionzip']
 >>> get_method("fastv").default_layer, get_method("divprune").default_layer
 (2, 0)
 """
@@ -15,7 +15,7 @@ with :attr:`~d2pruner.spec.Role.KEPT` (they have no pivots or MIS).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ import torch
 from d2pruner import baselines
 from d2pruner.spec import D2PrunerConfig, Role, Selection
 
-__all__ = ["METHODS", "DARTMethod", "DivPruneMethod", "FastVMethod", "MMRMethod", "PyramidDropMethod", "RandomMethod",
+__all__ = ["METHODS", "CDPrunerMethod", "DARTMethod", "DivPruneMethod", "FastVMethod", "MMRMethod", "PyramidDropMethod", "RandomMethod",
            "VisionZipMethod", "get_method"]
 
 
@@ -199,6 +199,50 @@ class VisionZipMethod:
         return out
 
 
+@dataclasses.dataclass(frozen=True)
+class CDPrunerMethod:
+    """CDPruner (NeurIPS'25), before the LLM: greedy MAP of the conditional DPP ``L = diag(q) S diag(q)``
+    (:func:`d2pruner.baselines.cdpruner_selection`), ``S`` the cosine similarity of the projected
+    visual features (the LLM's input) and ``q`` the min-max normalised relevance of each token to the
+    item's instruction from a CLIP text tower (:class:`d2pruner.models.clip_text.CLIPTextTower`).
+
+    ``negate_relevance=True`` (default) is CDPruner's public code for CLIP-based models (LLaVA): it uses
+    minus the cosine before the min-max normalisation, which its authors describe as intended for CLIP
+    (Theia-4869/CDPruner issues #14 and #19); ``False`` is the relevance as the paper writes it.
+
+    The instruction reaches the method through :meth:`~d2pruner.models.hooks.PruningHandle.set_instructions`.
+    ``text_tower=None`` loads ``openai/clip-vit-large-patch14-336`` from the local cache when attached
+    to LLaVA; InternVL has no CLIP, so a tower must be given explicitly (its image side must then accept
+    InternVL's pixel-shuffled features).
+    """
+
+    text_tower: Any = None
+    negate_relevance: bool = True
+    name: str = "cdpruner"
+    default_layer: int = 0
+    needs_attention: bool = False
+    needs_vision: bool = True
+    needs_instruction: bool = True
+
+    def relevance(self, item) -> torch.Tensor:
+        """The raw (not yet normalised) relevance (N,) of one item's visual tokens."""
+        rel = self.text_tower.relevance(item.vision_features, item.instruction)
+        return -rel if self.negate_relevance else rel
+
+    def select(self, items, n_keep: Sequence[int]) -> list[Selection]:
+        if self.text_tower is None:
+            raise ValueError("cdpruner needs a CLIP text tower: get_method('cdpruner', text_tower=...) or attach it to "
+                             "LLaVA, which loads openai/clip-vit-large-patch14-336 from the local cache")
+        out = []
+        for i, (it, k) in enumerate(zip(items, n_keep)):
+            if it.vision_features is None or it.instruction is None:
+                raise ValueError(f"cdpruner needs the vision features and the instruction of item {i}; attach it "
+                                 "through the model hooks and call handle.set_instructions([...])")
+            rel = self.relevance(it).to(it.features.device)
+            out.append(_kept(baselines.cdpruner_selection(it.features[None], rel[None], [k])[0]))
+        return out
+
+
 def _d2pruner(**kw):
     from d2pruner.models.hooks import D2PrunerMethod
 
@@ -206,7 +250,8 @@ def _d2pruner(**kw):
 
 
 METHODS = {"d2pruner": _d2pruner, "dart": DARTMethod, "fastv": FastVMethod, "random": RandomMethod, "divprune": DivPruneMethod,
-           "mmr-d2score": MMRMethod, "pyramiddrop": PyramidDropMethod, "visionzip": VisionZipMethod}
+           "mmr-d2score": MMRMethod, "pyramiddrop": PyramidDropMethod, "visionzip": VisionZipMethod,
+           "cdpruner": CDPrunerMethod}
 
 
 def get_method(name: str, **options):

@@ -29,8 +29,9 @@ def vision_outputs(model, pixel_values):
 
 
 def reference_embeds(model, batch, plans, merged):
-    """The LLM input VisionZip defines: dominant tokens' own embeddings, each target's slot holding its
-    projected merged feature, every other image token removed; left-padded again."""
+    """The LLM input a pre-LLM method defines: kept tokens' own embeddings (for VisionZip each target's
+    slot holding its projected merged feature), every other image token removed; left-padded again.
+    ``plans[i]`` has ``kept`` and ``targets`` (indices into item i's visual tokens)."""
     inner = model.model
     ids = batch["input_ids"]
     embeds = inner.get_input_embeddings()(ids)
@@ -120,3 +121,104 @@ def test_visionzip_refuses_internvl_and_in_llm_layers():
         internvl.attach(tiny.tiny_internvl(), 64, method="visionzip")
     with pytest.raises(ValueError, match=r"'visionzip' .* prunes before the LLM only \(prune_layer=0\), not at \[2\]"):
         llava.attach(tiny.tiny_llava(), 64, method="visionzip", prune_layer=2)
+
+
+# --- CDPruner -----------------------------------------------------------------------------------------
+
+from d2pruner.baselines import cdpruner_selection  # noqa: E402
+from d2pruner.methods import get_method  # noqa: E402
+from d2pruner.models.clip_text import load_clip_text_tower  # noqa: E402
+
+QUESTIONS = ["what is the colour of the small cat sitting on the left?", "count the birds"]
+
+
+def reference_relevance(tower, vision_features, text):
+    """Cosine of CLIP image embeddings (post_layernorm -> visual_projection) with the text embedding,
+    averaged over the text's 16-token segments, each zero-padded -- written out step by step."""
+    img = tower.image_projection(tower.image_norm(vision_features)).double()
+    ids = tower.tokenizer(text=[text])["input_ids"][0].tolist()
+    segs = [ids[i:i + 16] for i in range(0, len(ids), 16)]
+    cos = []
+    for seg in segs:
+        ids_t = torch.tensor([seg + [0] * (16 - len(seg))])
+        mask = torch.tensor([[1] * len(seg) + [0] * (16 - len(seg))])
+        t = tower.text_model(input_ids=ids_t, attention_mask=mask).text_embeds[0].double()
+        cos.append(torch.nn.functional.cosine_similarity(img, t[None], dim=-1))
+    return torch.stack(cos).mean(dim=0)
+
+
+@pytest.mark.parametrize("negate", [True, False])
+def test_cdpruner_in_the_model_is_the_dpp_of_the_clip_relevance(negate):
+    model, tower = tiny.tiny_llava(), tiny.tiny_clip_text_tower()
+    batch, _ = left_padded_batch("llava", [(3, 4), (6, 2)])
+    method = get_method("cdpruner", text_tower=tower, negate_relevance=negate)
+    with torch.no_grad():
+        with llava.attach(model, [48, 0.2], method=method) as handle:
+            handle.set_instructions(QUESTIONS)
+            gen = model.generate(**batch, max_new_tokens=4, do_sample=False)
+        tower_out = model.model.vision_tower(batch["pixel_values"], output_hidden_states=True)
+        feats = tower_out.hidden_states[-2][:, 1:]  # (I, N, Dv): what LLaVA projects
+        projected = model.model.multi_modal_projector(feats)
+        plans = []
+        for i, k in enumerate([48, round(0.2 * 576)]):
+            rel = reference_relevance(tower, feats[i], QUESTIONS[i])
+            want = cdpruner_selection(projected[i][None], (-rel if negate else rel)[None], [k])[0]
+            assert handle.stats[i].kept.tolist() == want.tolist()
+            plans.append(type("Plan", (), {"kept": want, "targets": want[:0]}))
+        embeds, mask = reference_embeds(model, batch, plans, [projected[0][:0]] * 2)
+        ref = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=4, do_sample=False)
+    assert gen[:, -4:].tolist() == ref[:, -4:].tolist()
+
+
+def test_cdpruner_depends_on_the_instruction_and_batches_equal_items_alone():
+    model = tiny.tiny_llava()
+    method = get_method("cdpruner", text_tower=tiny.tiny_clip_text_tower())
+    spec = [(3, 4), (6, 2)]
+    batch, _ = left_padded_batch("llava", spec)
+    with torch.no_grad(), llava.attach(model, 40, method=method) as handle:
+        handle.set_instructions(QUESTIONS)
+        together = model(**batch).logits[:, -1]
+        kept = [s.kept.tolist() for s in handle.stats]
+        for i in range(2):
+            one, _ = left_padded_batch("llava", [spec[i]], item_offset=i)
+            handle.set_instructions([QUESTIONS[i]])
+            alone = model(**one).logits[:, -1]
+            assert handle.stats[0].kept.tolist() == kept[i]
+            torch.testing.assert_close(alone[0], together[i], atol=1e-4, rtol=0)
+        handle.set_instructions(["zebra stripes " * 3])
+        model(**one)
+        assert handle.stats[0].kept.tolist() != kept[1], "another instruction should change the kept tokens"
+
+
+def test_text_tower_segments_long_instructions():
+    tower = tiny.tiny_clip_text_tower()
+    text = "a long instruction about the picture that needs three segments"
+    n_ids = len(text) + 2
+    assert tower.text_embeds(text).shape == ((n_ids - 1) // 16 + 1, 16)
+    feats = torch.randn(7, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(tower.relevance(feats, text), reference_relevance(tower, feats, text), atol=1e-6, rtol=0)
+
+
+def test_cdpruner_errors_name_what_is_missing():
+    model = tiny.tiny_llava()
+    batch, _ = left_padded_batch("llava", [(3, 4), (6, 2)])
+    with pytest.raises(ValueError, match=r"CLIP text tower 'nobody/no-such-clip' .* not in the local Hugging Face "
+                                         r"cache.*huggingface-cli download nobody/no-such-clip"):
+        load_clip_text_tower("nobody/no-such-clip")
+    method = get_method("cdpruner", text_tower=tiny.tiny_clip_text_tower())
+    with llava.attach(model, 40, method=method) as handle, torch.no_grad():
+        with pytest.raises(ValueError, match=r"needs each item's instruction text: call handle.set_instructions"):
+            model(**batch)
+        handle.set_instructions(["one"])
+        with pytest.raises(ValueError, match="set_instructions gave 1 texts for a batch of 2 items"):
+            model(**batch)
+        handle.set_instructions(["one", None])
+        with pytest.raises(ValueError, match="needs the instruction text of item 1, which is None"):
+            model(**batch)
+        with pytest.raises(ValueError, match="one text per batch item"):
+            handle.set_instructions("one")
+    with pytest.raises(ValueError, match=r"cdpruner needs a CLIP text tower .* InternVL has no CLIP"):
+        internvl.attach(tiny.tiny_internvl(), 40, method="cdpruner")
+    with pytest.raises(ValueError, match=r"'cdpruner' .* prunes before the LLM only"):
+        llava.attach(model, 40, method=method, prune_layer=2)

@@ -119,6 +119,10 @@ def attach(model, budget: Any, *, config: D2PrunerConfig | None = None, prior: A
         raise ValueError(f"{method.name} needs the [CLS] attention of the vision tower, which InternVL does not have: "
                          "its [CLS] token is dropped before the pixel shuffle, so no [CLS] query scores the 256 "
                          "merged tokens of a tile")
+    if getattr(method, "needs_instruction", False) and getattr(method, "text_tower", "absent") is None:
+        raise ValueError(f"{method.name} needs a CLIP text tower for the instruction relevance, and InternVL has no CLIP "
+                         f"(InternViT is not aligned with a text encoder): pass method=get_method({method.name!r}, "
+                         "text_tower=...) explicitly, whose image side maps InternVL's pixel-shuffled features")
     inner = model.model if isinstance(model, InternVLForConditionalGeneration) else model
     vision = VisionCapture(inner.vision_tower, inner.multi_modal_projector) if getattr(method, "needs_vision", False) else None
     side = tile_side(model)

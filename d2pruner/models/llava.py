@@ -120,6 +120,12 @@ def attach(model, budget: Any, *, config: D2PrunerConfig | None = None, prior: A
         raise ValueError(f"llava.attach expects a LlavaForConditionalGeneration, got {type(model).__name__}")
     config = config or D2PrunerConfig()
     method, layer = resolve_method(method, config, backend, prune_layer)
+    if getattr(method, "needs_instruction", False) and getattr(method, "text_tower", "absent") is None:
+        import dataclasses
+
+        from d2pruner.models.clip_text import CLIP_FOR_LLAVA, load_clip_text_tower
+
+        method = dataclasses.replace(method, text_tower=load_clip_text_tower(CLIP_FOR_LLAVA, device=model.device))
     inner = model.model if isinstance(model, LlavaForConditionalGeneration) else model
     side = grid_side(model)
     token_id = int(model.config.image_token_id)

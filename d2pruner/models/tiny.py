@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["IMAGE_TOKEN", "PAD_TOKEN", "VOCAB", "tiny_internvl", "tiny_llava"]
+__all__ = ["IMAGE_TOKEN", "PAD_TOKEN", "VOCAB", "CharTokenizer", "tiny_clip_text_tower", "tiny_internvl", "tiny_llava"]
 
 VOCAB = 128
 IMAGE_TOKEN = 127
@@ -53,3 +53,39 @@ def tiny_internvl(seed: int = 0, attn_implementation: str = "sdpa", dtype: torch
                             downsample_ratio=0.5, attn_implementation=attn_implementation)
     torch.manual_seed(seed)
     return InternVLForConditionalGeneration(config).to(dtype).eval()
+
+
+class CharTokenizer:
+    """A toy stand-in for CLIP's tokenizer (no vocabulary files): one id per character, in
+    ``3 .. vocab - 2``, between a begin id 1 and an end id ``vocab - 1``.
+
+    >>> CharTokenizer(100)(text=["ab"], return_tensors="pt")["input_ids"].tolist()
+    [[1, 3, 4, 99]]
+    """
+
+    def __init__(self, vocab: int) -> None:
+        self.vocab = vocab
+
+    def __call__(self, text, return_tensors="pt"):
+        ids = [[1] + [3 + (ord(ch) - ord("a")) % (self.vocab - 4) for ch in t] + [self.vocab - 1] for t in text]
+        ids = torch.tensor(ids)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def tiny_clip_text_tower(vision_width: int = 32, seed: int = 0, context: int = 16):
+    """A random CLIP text tower for CDPruner in tests (:class:`d2pruner.models.clip_text.CLIPTextTower`):
+    text width 32, 2 layers, projection 16, a ``context``-token window (so long instructions are cut
+    into segments), and an image-side norm + projection for ``vision_width``-wide features."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from d2pruner.models.clip_text import CLIPTextTower
+
+    vocab = 100
+    config = CLIPTextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, max_position_embeddings=context, projection_dim=16,
+                            bos_token_id=1, eos_token_id=vocab - 1, pad_token_id=0)
+    torch.manual_seed(seed)
+    text = CLIPTextModelWithProjection(config).eval()
+    norm = torch.nn.LayerNorm(vision_width)
+    projection = torch.nn.Linear(vision_width, 16, bias=False)
+    return CLIPTextTower(text, CharTokenizer(vocab), norm, projection, model_id="tiny")
