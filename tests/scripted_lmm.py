@@ -11,8 +11,8 @@ subprocess::
     python tests/scripted_lmm.py SCENARIOS.json RESULTS.json
 
 ``SCENARIOS.json``: ``{"include_path": str, "guard_api": bool, "scenarios": [{"name": str, "tasks": [str],
-"answers": [[task, doc_id, answer], ...]}]}``. ``RESULTS.json``: ``{name: {"results":
-lmms-eval's results["results"], "seen": [[task, doc_id, {"context", "gen_kwargs",
+"answers": [[task, doc_id, answer], ...], "include_path": optional override}]}``. ``RESULTS.json``: ``{name: {"results":
+lmms-eval's results["results"], "dataset_path": {task: its config's dataset_path}, "seen": [[task, doc_id, {"context", "gen_kwargs",
 "image_sizes"}], ...], "seconds": float}, "api_calls": int, "task_dir": {...}}``
 (``task_dir`` when the spec has ``check_task_dir``, see :func:`check_task_dir`); with ``guard_api``
 every HTTP call through ``requests`` fails at once and is counted in ``api_calls``.
@@ -92,11 +92,12 @@ def run_scenarios(spec: dict) -> dict:
     for scenario in spec["scenarios"]:
         start = time.perf_counter()
         model = model_class({(t, int(d)): a for t, d, a in scenario["answers"]})
-        manager = TaskManager(include_path=spec["include_path"], include_defaults=False)
+        manager = TaskManager(include_path=scenario.get("include_path", spec["include_path"]), include_defaults=False)
         result = simple_evaluate(model=model, tasks=scenario["tasks"], task_manager=manager, log_samples=False,
                                  bootstrap_iters=0)
         out[scenario["name"]] = {
             "results": result["results"],
+            "dataset_path": {task: config.get("dataset_path") for task, config in result["configs"].items()},
             "seen": [[t, d, v] for (t, d), v in sorted(model.seen.items())],
             "seconds": time.perf_counter() - start,
         }

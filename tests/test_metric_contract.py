@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 
 from reproduce.tasks import STOCK_TASKS, TASK_DIR, dataset_ids, missing_data, task_name, write_smoke_tasks
-from reproduce.tasks.smoke import SAMPLES, FunctionRef, load_task_yaml
+from reproduce.tasks.smoke import SAMPLES, FunctionRef, load_task_yaml, write_hub_cache
 from reproduce.tasks.utils import REC_PROMPT, parse_internvl_box
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -331,9 +331,11 @@ def _answers(smoke_dir, scenario):
 def contract(smoke_dir, tmp_path_factory):
     """Run both scenarios on every smoke task in one lmms-eval subprocess; parsed results."""
     work = tmp_path_factory.mktemp("lmms_run")
-    spec = {"include_path": str(smoke_dir), "guard_api": True, "check_task_dir": str(TASK_DIR),
-            "scenarios": [{"name": s, "tasks": [task_name(t) for t in ALL], "answers": _answers(smoke_dir, s)}
-                          for s in ("right", "mixed")]}
+    write_hub_cache(ALL, work / "cache", n=N)  # the smoke data under the real hub ids, for the real YAMLs
+    scenarios = [{"name": s, "tasks": [task_name(t) for t in ALL], "answers": _answers(smoke_dir, s)}
+                 for s in ("right", "mixed")]
+    scenarios.append({**scenarios[0], "name": "real", "include_path": str(TASK_DIR)})
+    spec = {"include_path": str(smoke_dir), "guard_api": True, "check_task_dir": str(TASK_DIR), "scenarios": scenarios}
     (work / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(work / "cache"),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
@@ -358,6 +360,19 @@ def _metric(contract, scenario, stock, key):
 
 def _seen(contract, scenario, stock):
     return {d: v for t, d, v in contract[scenario]["seen"] if t == task_name(stock)}
+
+
+@pytest.mark.lmms
+def test_real_yamls_run_offline_from_the_datasets_cache(contract):
+    """The real overlays (hub ids, GQA's hub image join) read the smoke data primed into a datasets
+    cache exactly as their smoke twins read the parquet files: same prompts, same scores."""
+    for stock in ALL:
+        assert missing_data(stock, cache_dir=contract["workdir"] / "cache") == [], stock
+        name = task_name(stock)
+        assert contract["real"]["dataset_path"][name] == dataset_ids(stock)[0]
+        assert contract["right"]["dataset_path"][name] == "parquet"
+        assert contract["real"]["results"][name] == contract["right"]["results"][name], stock
+        assert _seen(contract, "real", stock) == _seen(contract, "right", stock), stock
 
 
 @pytest.mark.lmms

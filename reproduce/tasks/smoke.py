@@ -32,7 +32,7 @@ import pathlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-__all__ = ["SAMPLES", "Sample", "sample_png", "write_smoke_tasks", "load_task_yaml", "dump_task_yaml", "FunctionRef"]
+__all__ = ["SAMPLES", "Sample", "sample_png", "write_smoke_tasks", "write_hub_cache", "load_task_yaml", "dump_task_yaml", "FunctionRef"]
 
 
 @dataclass(frozen=True)
@@ -522,6 +522,69 @@ def write_smoke_tasks(stocks: Sequence[str], out_dir: str | os.PathLike, n: int 
                   f"# the same task over {n} local items built from skimage.data photographs. Not a benchmark.\n")
         (out / f"{name}.yaml").write_text(header + dump_task_yaml(_ordered(config)), encoding="utf-8")
     return out
+
+
+def write_hub_cache(stocks: Sequence[str], cache_dir: str | os.PathLike, n: int = 4) -> pathlib.Path:
+    """Prepare the smoke data in a ``datasets`` cache as if it were the real tasks' hub datasets.
+
+    Offline (``HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1``, ``HF_DATASETS_CACHE=cache_dir``),
+    ``datasets.load_dataset("lmms-lab-encoder/POPE", split="test")`` then returns the smoke POPE
+    rows, so the *real* task YAMLs of :data:`reproduce.tasks.TASK_DIR` run end to end on CPU, and
+    :func:`reproduce.tasks.missing_data` reports nothing missing. For tests of the real-run path
+    only: the cached data is the smoke data, whatever the hub id says.
+
+    Parameters
+    ----------
+    stocks : sequence of str
+        Stock lmms-eval task names; all splits of one hub dataset (e.g. RefCOCO val/testA/testB)
+        that are asked for go into one cached configuration.
+    cache_dir : path-like
+        The ``datasets`` cache to write into (existing smoke entries are replaced).
+    n : int, default 4
+        Items per task, as in :func:`write_smoke_tasks`.
+
+    Returns
+    -------
+    pathlib.Path
+        ``cache_dir``.
+
+    Raises
+    ------
+    ValueError
+        As :func:`write_smoke_tasks`.
+    """
+    import json
+    import shutil
+    import tempfile
+
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    from reproduce.tasks import STOCK_TASKS, TASK_DIR, _cache_folder, task_name
+
+    cache = pathlib.Path(cache_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        smoke = write_smoke_tasks(stocks, pathlib.Path(tmp) / "smoke", n=n)
+        groups: dict[tuple[str, str], dict[str, str]] = {}
+        for stock in dict.fromkeys(stocks):
+            split = load_task_yaml(TASK_DIR / f"{task_name(stock)}.yaml")["test_split"]
+            for repo, config in STOCK_TASKS[stock].data:
+                suffix = "_images" if config == "testdev_balanced_images" else ""
+                groups.setdefault((repo, config), {})[split] = str(smoke / f"{stock}{suffix}.parquet")
+        for (repo, config), files in groups.items():
+            folder = _cache_folder(repo)
+            builder = Parquet(cache_dir=str(pathlib.Path(tmp) / "build"), dataset_name=folder.split("___")[1],
+                              config_name=config, hash="smoke", data_files=files)
+            builder.download_and_prepare()
+            target = cache / folder / config / "0.0.0" / "smoke"
+            if target.exists():
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(builder.cache_dir, target)
+            info_path = target / "dataset_info.json"
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+            info["config_name"] = config  # the builder records its config id (name + data-files hash)
+            info_path.write_text(json.dumps(info), encoding="utf-8")
+    return cache
 
 
 _FIRST_KEYS = ("task", "dataset_path", "dataset_kwargs", "test_split")
