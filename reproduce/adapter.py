@@ -233,6 +233,8 @@ def _make_class():
                                 "prior_sha256": file_sha256(prior) if prior else None, "max_tiles": self.max_tiles}
             self.cache_path = pathlib.Path(cache) if cache else None
             self._cache: SampleCache | None = None
+            if self.cache_path is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+                self._cache = SampleCache(self.cache_path, self.fingerprint)  # refuses another run's file now
             self.last_stats: list[dict] = []
 
         @property
