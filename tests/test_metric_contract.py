@@ -139,6 +139,17 @@ def test_smoke_files_are_byte_identical_across_calls_and_folders(smoke_dir, tmp_
         assert (smoke_dir / name).read_bytes() == (again / name).read_bytes(), name
 
 
+@pytest.mark.parametrize("n", [2, 3, 7])
+def test_smoke_item_counts(tmp_path, n):
+    path = write_smoke_tasks(ALL, tmp_path, n=n)
+    for stock in ALL:
+        rows = len(_table(path, stock))
+        assert rows == (2 * ((n + 1) // 2) if stock == "mme" else n), stock
+    mmb = _table(path, "mmbench_en_dev")
+    assert mmb["index"].tolist() == list(range(n - 1)) + [1_000_000 + n - 2]
+    assert len(_rec_docs(path, "refcoco_bbox_rec_val")) == n + n // 2
+
+
 def test_smoke_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="n=1"):
         write_smoke_tasks(["pope"], tmp_path, n=1)

@@ -17,7 +17,9 @@ stock task only where the paper's protocol does:
 
 The runner loads them with ``lmms_eval.tasks.TaskManager(include_path=TASK_DIR,
 include_defaults=False)``. :func:`write_smoke_tasks` writes the same tasks (same names, same
-functions, same generation settings) over tiny local data for CPU smoke runs and tests.
+functions, same generation settings) over tiny local data for CPU smoke runs and tests;
+:func:`write_hub_cache` primes a ``datasets`` cache with that data under the real hub ids, so
+that the real YAMLs themselves can be run offline in tests.
 
 This module imports neither lmms-eval nor ``datasets`` at import time.
 
@@ -40,7 +42,7 @@ import pathlib
 from dataclasses import dataclass
 from typing import Sequence
 
-__all__ = ["TASK_DIR", "STOCK_TASKS", "task_name", "dataset_ids", "missing_data", "write_smoke_tasks"]
+__all__ = ["TASK_DIR", "STOCK_TASKS", "task_name", "dataset_ids", "missing_data", "write_smoke_tasks", "write_hub_cache"]
 
 #: Folder of the real-run task YAMLs (``d2p_<stock>.yaml``), to pass as ``include_path``.
 TASK_DIR: pathlib.Path = pathlib.Path(__file__).resolve().parent
@@ -234,3 +236,28 @@ def write_smoke_tasks(stocks: Sequence[str], out_dir: str | os.PathLike, n: int 
     from reproduce.tasks.smoke import write_smoke_tasks as _write
 
     return _write(stocks, out_dir, n=n)
+
+
+def write_hub_cache(stocks: Sequence[str], cache_dir: str | os.PathLike, n: int = 4) -> pathlib.Path:
+    """Prime a ``datasets`` cache with the smoke data under the real tasks' hub ids (tests only).
+
+    See :func:`reproduce.tasks.smoke.write_hub_cache`: with ``HF_DATASETS_CACHE=cache_dir`` and
+    offline mode, the real YAMLs of :data:`TASK_DIR` run end to end on CPU over the smoke rows.
+
+    Parameters
+    ----------
+    stocks : sequence of str
+        Stock lmms-eval task names.
+    cache_dir : path-like
+        The ``datasets`` cache to write into.
+    n : int, default 4
+        Items per task.
+
+    Returns
+    -------
+    pathlib.Path
+        ``cache_dir``.
+    """
+    from reproduce.tasks.smoke import write_hub_cache as _write
+
+    return _write(stocks, cache_dir, n=n)
