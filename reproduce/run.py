@@ -190,13 +190,21 @@ def check_inputs(spec: dict, rows: list[Row], columns: list[dict], model_id: str
 NEEDS_PRIOR = ("d2pruner", "mmr-d2score")
 
 
+def smoke_images() -> list:
+    """The package sample photographs the smoke data is built from, as PIL images."""
+    from PIL import Image
+
+    from reproduce.tasks import smoke
+
+    return [Image.open(io.BytesIO(smoke.sample_png(s))).convert("RGB") for s in smoke.SAMPLES]
+
+
 def smoke_prior(model, processor, family: str, out: pathlib.Path, max_tiles: int) -> pathlib.Path:
     """A prior measured on the tiny model over three package sample images (the real command's code path)."""
     from d2pruner.models import internvl, llava
     from d2pruner.models.loading import build_inputs
     from d2pruner.models.prior import DEFAULT_PROMPT, compute
     from reproduce.adapter import tile_pixels
-    from reproduce.tasks import sample_images
 
     grids: list = [None]
     if family == "llava":
@@ -213,7 +221,7 @@ def smoke_prior(model, processor, family: str, out: pathlib.Path, max_tiles: int
             return build_inputs(processor, family, image, DEFAULT_PROMPT, max_tiles, model.device)
         return build
 
-    images = sample_images()[:3]
+    images = smoke_images()[:3]
     meta = {"model_id": f"tiny_{family}", "model_class": type(model).__name__, "prune_layer": 2, "prompt": DEFAULT_PROMPT,
             "per": "smoke: package sample images"}
     compute(model, [(f"sample{i}", make(im)) for i, im in enumerate(images)], prune_layer=2, find_items=find,
