@@ -17,6 +17,9 @@ attaching a method at its published point is the model hooks' business.
   MAP inference by incremental Cholesky, Chen et al., NeurIPS 2018), exactly n steps.
 * :func:`visionzip_selection` / :func:`visionzip_merge` -- VisionZip: dominant tokens by [CLS]
   attention, contextual tokens by merging the rest into uniform-stride targets by key similarity.
+* :func:`sparsevlm_raters`, :func:`sparsevlm_counts`, :func:`dpc_knn_clusters`,
+  :func:`sparsevlm_selection` -- SparseVLM: text raters, ranking by the raters' attention, and the
+  recycling of dropped tokens by density-peak clustering and merging.
 
 Shape legend: B items, N tokens, D feature width, K kept.
 """
@@ -30,8 +33,9 @@ import torch
 
 from d2pruner.spec import NORM_EPS, rank_order
 
-__all__ = ["VisionZipPlan", "cdpruner_order", "cdpruner_selection", "dart_selection", "divprune_order", "divprune_selection", "fastv_selection",
-           "mmr_order", "mmr_selection", "random_selection", "visionzip_merge", "visionzip_selection",
+__all__ = ["SparseVLMStage", "VisionZipPlan", "cdpruner_order", "dpc_knn_clusters", "cdpruner_selection", "dart_selection", "divprune_order", "divprune_selection", "fastv_selection",
+           "mmr_order", "mmr_selection", "random_selection", "sparsevlm_counts", "sparsevlm_raters",
+           "sparsevlm_selection", "visionzip_merge", "visionzip_selection",
            "visionzip_split"]
 
 
@@ -350,3 +354,142 @@ def visionzip_merge(features: torch.Tensor, plan: VisionZipPlan) -> torch.Tensor
     if not out:
         return features[:0]
     return torch.stack(out)  # (C, D')
+
+
+def sparsevlm_raters(visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """SparseVLM's text raters: which text tokens are relevant to the image.
+
+    Each visual token spreads a softmax over the text tokens (``softmax_T(V T^T)``, on the LLM's input
+    embeddings); a text token's relevance is that softmax averaged over the visual tokens, and the
+    raters are the text tokens whose relevance is strictly above the mean relevance. When none is
+    (all relevances equal, e.g. a single text token), every text token rates.
+
+    Parameters
+    ----------
+    visual : Tensor (N, D); text : Tensor (T, D), T >= 1
+
+    Returns
+    -------
+    Tensor (T,) bool
+
+    >>> v = torch.tensor([[1.0, 0.0], [2.0, 0.0]])
+    >>> sparsevlm_raters(v, torch.tensor([[3.0, 0.0], [0.0, 1.0], [1.0, 1.0]])).tolist()
+    [True, False, False]
+    """
+    if text.shape[0] == 0:
+        raise ValueError("sparsevlm_raters needs at least one text token")
+    rel = (visual.double() @ text.double().T).softmax(dim=1).mean(dim=0)  # (T,)
+    raters = rel > rel.mean()
+    return raters if bool(raters.any()) else torch.ones_like(raters)
+
+
+def sparsevlm_counts(n_current: int, n_keep: int) -> tuple[int, int]:
+    """``(selected, recycled)`` tokens of one SparseVLM stage that keeps ``n_keep`` of ``n_current``.
+
+    SparseVLM recycles ``m = floor(0.3 d) + 1`` of the ``d`` dropped tokens into ``floor(m / 10) + 1``
+    merged tokens (none when nothing is dropped). We count the merged tokens in the budget: the
+    selection is the largest ``s <= n_keep`` with ``s + clusters(n_current - s) == n_keep`` (one always
+    exists when ``clusters(n_current) <= n_keep``, since the left side grows by 0 or 1 per step);
+    otherwise (tiny budgets) nothing is recycled.
+
+    >>> sparsevlm_counts(576, 353), sparsevlm_counts(576, 576), sparsevlm_counts(576, 2), sparsevlm_counts(10, 1)
+    ((345, 8), (576, 0), (2, 0), (0, 1))
+    """
+    _check(n_current, [n_keep])
+    for sel in range(n_keep, -1, -1):
+        recycled = _clusters(n_current - sel)
+        if sel + recycled == n_keep:
+            return sel, recycled
+    return n_keep, 0
+
+
+def _candidates(dropped: int) -> int:
+    return (3 * dropped) // 10 + 1 if dropped > 0 else 0  # floor(0.3 d) + 1, exactly
+
+
+def _clusters(dropped: int) -> int:
+    return _candidates(dropped) // 10 + 1 if dropped > 0 else 0
+
+
+def dpc_knn_clusters(features: torch.Tensor, n_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Density-peak clustering with k-nearest-neighbour density (DPC-kNN), as SparseVLM recycles with.
+
+    Distances are Euclidean divided by sqrt(D). A token's density is ``exp(-mean of its squared
+    distances to its k = n_clusters nearest tokens, itself included)``; its separation is the distance
+    to the nearest token of strictly higher density (the largest distance overall when there is none).
+    The ``n_clusters`` tokens with the largest density x separation are the centres (ties to the lower
+    index); every token joins its nearest centre (ties to the lower centre), a centre itself.
+
+    Parameters
+    ----------
+    features : Tensor (M, D); n_clusters : int, 1 <= n_clusters <= M
+
+    Returns
+    -------
+    (centres (C,) ascending, assignment (M,) the centre index of each token)
+
+    >>> f = torch.tensor([[0.0], [1.0], [1.5], [7.0], [7.25], [9.0]])
+    >>> centres, assignment = dpc_knn_clusters(f, 3)  # 1 is densest; 4 is dense and far from anything denser
+    >>> centres.tolist(), assignment.tolist()
+    ([0, 1, 4], [0, 1, 1, 4, 4, 4])
+    """
+    m, d = features.shape
+    if not 1 <= n_clusters <= m:
+        raise ValueError(f"n_clusters={n_clusters} must lie in [1, {m}]")
+    x = features.double()
+    dist = torch.cdist(x, x) / d ** 0.5  # (M, M)
+    nearest = torch.sort(dist, dim=1).values[:, :n_clusters]  # (M, k), itself first
+    density = torch.exp(-(nearest ** 2).mean(dim=1))  # (M,)
+    higher = density[None, :] > density[:, None]  # (M, M): j denser than i
+    separation = torch.where(higher, dist, torch.full_like(dist, float(dist.max()))).min(dim=1).values  # (M,)
+    centres = torch.sort(rank_order(separation * density)[:n_clusters]).values  # (C,)
+    assignment = centres[_first_max(-dist[:, centres])]  # (M,) nearest centre, lower on ties
+    assignment[centres] = centres
+    return centres, assignment
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SparseVLMStage:
+    """One SparseVLM stage of one item: ``selected`` (by the raters' attention), ``centres`` (recycled
+    tokens whose slots carry the merged features) and ``merged`` (C, D), aligned with ``centres``;
+    ``candidates`` the dropped tokens that were clustered and ``assignment`` their centres."""
+
+    selected: torch.Tensor
+    centres: torch.Tensor
+    merged: torch.Tensor
+    candidates: torch.Tensor
+    assignment: torch.Tensor
+
+    @property
+    def kept(self) -> torch.Tensor:
+        return torch.sort(torch.cat([self.selected, self.centres])).values
+
+
+def sparsevlm_selection(score: torch.Tensor, features: torch.Tensor, n_keep: int) -> SparseVLMStage:
+    """One SparseVLM stage for one item: keep exactly ``n_keep`` of the N current visual tokens.
+
+    1. ``(s, c) = sparsevlm_counts(N, n_keep)``; the ``s`` tokens with the highest ``score`` (the
+       raters' mean attention) are selected, ties to the lower index.
+    2. Of the dropped tokens, the ``floor(0.3 d) + 1`` with the highest score are recycled: clustered
+       into ``c`` groups (:func:`dpc_knn_clusters` on ``features``) and each group averaged; the merged
+       token takes its centre's slot.
+
+    >>> score = torch.tensor([0.9, 0.8, 0.1, 0.3, 0.2, 0.0])
+    >>> st = sparsevlm_selection(score, torch.arange(6.0)[:, None], 3)
+    >>> st.selected.tolist(), st.centres.tolist(), st.kept.tolist(), st.merged.tolist()
+    ([0, 1], [3], [0, 1, 3], [[3.5]])
+    """
+    n = score.shape[0]
+    n_sel, n_rec = sparsevlm_counts(n, n_keep)
+    order = rank_order(score.double())  # (N,) best first
+    selected = torch.sort(order[:n_sel]).values
+    empty = order[:0]
+    if n_rec == 0:
+        return SparseVLMStage(selected, empty, features[:0], empty, empty)
+    dropped = order[n_sel:]  # (d,) in score order
+    candidates = dropped[:_candidates(len(dropped))]  # (m,)
+    centres_local, assign_local = dpc_knn_clusters(features[candidates], n_rec)
+    merged = torch.stack([features[candidates[assign_local == c]].mean(dim=0) for c in centres_local.tolist()])  # (C, D)
+    centres = candidates[centres_local]
+    order_c = torch.argsort(centres)
+    return SparseVLMStage(selected, centres[order_c], merged[order_c], candidates, candidates[assign_local])

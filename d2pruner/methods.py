@@ -7,7 +7,7 @@ list[Selection]`` over :class:`d2pruner.models.hooks.ItemInputs`. Baselines tag 
 with :attr:`~d2pruner.spec.Role.KEPT` (they have no pivots or MIS).
 
 >>> sorted(METHODS)
-['cdpruner', 'd2pruner', 'dart', 'divprune', 'fastv', 'mmr-d2score', 'pyramiddrop', 'random', 'visionzip']
+['cdpruner', 'd2pruner', 'dart', 'divprune', 'fastv', 'mmr-d2score', 'pyramiddrop', 'random', 'sparsevlm', 'visionzip']
 >>> get_method("fastv").default_layer, get_method("divprune").default_layer
 (2, 0)
 """
@@ -24,7 +24,7 @@ from d2pruner import baselines
 from d2pruner.spec import D2PrunerConfig, Role, Selection
 
 __all__ = ["METHODS", "CDPrunerMethod", "DARTMethod", "DivPruneMethod", "FastVMethod", "MMRMethod", "PyramidDropMethod", "RandomMethod",
-           "VisionZipMethod", "get_method"]
+           "SparseVLMMethod", "VisionZipMethod", "get_method"]
 
 
 def _kept(kept_row: torch.Tensor) -> Selection:
@@ -154,7 +154,7 @@ class PyramidDropMethod:
         if counts[0] < 1 or counts[0] > n_visual:
             low = -(-(s1 * n_visual + (n_layers - s1)) // n_layers)
             high = n_visual
-            raise ValueError(f"pyramiddrop cannot average {n_keep} visual tokens per layer: its first {s1} of {n_layers} "
+            raise ValueError(f"{self.name} cannot average {n_keep} visual tokens per layer: its first {s1} of {n_layers} "
                              f"layers see all {n_visual}; reachable averages lie between about {low} and {high}")
         return counts
 
@@ -243,6 +243,61 @@ class CDPrunerMethod:
         return out
 
 
+@dataclasses.dataclass(frozen=True)
+class SparseVLMMethod(PyramidDropMethod):
+    """SparseVLM (ICML'25), in the LLM, progressive: after decoder layers 2, 6 and 15 of 32 (cuts at the
+    inputs of layers 3, 7 and 16, from the attention and the hidden states of layers 2, 6 and 15).
+
+    * Raters, once per prompt pass on the LLM's input embeddings: the text tokens after the image whose
+      relevance to the visual tokens is above the mean (:func:`d2pruner.baselines.sparsevlm_raters`).
+    * At each stage the current visual tokens are ranked by the raters' attention, mean over raters
+      and heads (softmax over the full causal key length), and the top ones kept; of the dropped ones
+      the 30% ranked highest are recycled: clustered by density peaks (DPC-kNN) on their hidden states
+      and each cluster averaged into one token that takes its centre's slot
+      (:func:`d2pruner.baselines.sparsevlm_selection`). Recycled tokens count in the stage's budget.
+
+    Stages on other depths: ``p_j = max(p_{j-1} + 1, floor(p_j * L / 32 + 1/2))`` for p = 2, 6, 15, cut
+    at ``p_j + 1`` (layers 1, 2, 3 of a 4-layer model).
+
+    Budget (our equivalent-token rule, shared with PyramidDrop): the visual tokens averaged over the
+    layers equal the budget, with counts ``n1``, ``round(lam n1)``, ``round(lam^2 n1)`` after the three
+    stages (``lam`` = 0.5) and ``n1`` solved from the average; budgets the first ``p_1 + 1`` full layers
+    make unreachable raise.
+
+    >>> SparseVLMMethod().stage_layers(32), SparseVLMMethod().stage_budgets(576, 192, 32)
+    ([3, 7, 16], [353, 176, 88])
+    """
+
+    lam: float = 0.5
+    name: str = "sparsevlm"
+    needs_attention: bool = False
+    needs_rater_attention: bool = True
+    default_layer: int | None = None
+
+    def stage_layers(self, n_layers: int) -> list[int]:
+        points = []
+        for p in (2, 6, 15):
+            scaled = int(np.floor(p * n_layers / 32 + 0.5))
+            points.append(max(points[-1] + 1 if points else 0, scaled))
+        layers = [p + 1 for p in points]
+        if layers[-1] > n_layers - 1:
+            raise ValueError(f"sparsevlm needs at least 4 decoder layers, the model has {n_layers}")
+        return layers
+
+    def select(self, items, n_keep: Sequence[int]) -> list[Selection]:
+        from d2pruner.models.hooks import MergedSelection
+
+        out = []
+        for i, (it, k) in enumerate(zip(items, n_keep)):
+            if it.rater_attention is None:
+                raise ValueError(f"sparsevlm needs the text raters' attention of item {i}; attach it through the model hooks")
+            stage = baselines.sparsevlm_selection(it.rater_attention.double().mean(dim=0), it.features, k)
+            kept = stage.kept.cpu().numpy()
+            out.append(MergedSelection(kept, np.full(len(kept), int(Role.KEPT), np.int8),
+                                       replaced=stage.centres.cpu().numpy(), features=stage.merged))
+        return out
+
+
 def _d2pruner(**kw):
     from d2pruner.models.hooks import D2PrunerMethod
 
@@ -251,7 +306,7 @@ def _d2pruner(**kw):
 
 METHODS = {"d2pruner": _d2pruner, "dart": DARTMethod, "fastv": FastVMethod, "random": RandomMethod, "divprune": DivPruneMethod,
            "mmr-d2score": MMRMethod, "pyramiddrop": PyramidDropMethod, "visionzip": VisionZipMethod,
-           "cdpruner": CDPrunerMethod}
+           "cdpruner": CDPrunerMethod, "sparsevlm": SparseVLMMethod}
 
 
 def get_method(name: str, **options):

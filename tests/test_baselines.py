@@ -221,3 +221,84 @@ def test_visionzip_ties_go_to_the_lower_index():
     plan = visionzip_selection(cls, keys, 4, n_contextual=2)
     assert plan.dominant.tolist() == [0, 1] and plan.targets.tolist() == [2, 4]
     assert plan.assignment.tolist() == [-1, -1, -1, 2, -1, 2, 2]
+
+
+@given(batch(max_n=16))
+def test_sparsevlm_raters_are_the_text_tokens_above_the_mean_relevance(data):
+    from d2pruner.baselines import sparsevlm_raters
+
+    feats, _, _ = data
+    visual, text = feats[0].numpy(), feats[-1].numpy()[:5]
+    logits = visual @ text.T  # (N, T)
+    soft = np.exp(logits - logits.max(axis=1, keepdims=True))
+    rel = (soft / soft.sum(axis=1, keepdims=True)).mean(axis=0)  # (T,)
+    want = rel > rel.mean()
+    got = sparsevlm_raters(feats[0], feats[-1][:5]).numpy()
+    if not want.any():
+        assert got.all(), "with no token above the mean, every text token rates"
+        return
+    unsure = np.abs(rel - rel.mean()) < 1e-12  # float ties with the mean
+    assert np.array_equal(got[~unsure], want[~unsure])
+
+
+@given(st.integers(1, 3000), st.data())
+def test_sparsevlm_counts_fill_the_budget_exactly(n, data):
+    from d2pruner.baselines import sparsevlm_counts
+
+    k = data.draw(st.integers(1, n))
+    sel, rec = sparsevlm_counts(n, k)
+    clusters = lambda d: (int(np.floor(0.3 * d + 1e-9)) + 1) // 10 + 1 if d else 0  # noqa: E731
+    assert sel + rec == k and sel >= 0
+    if rec:
+        assert rec == clusters(n - sel)
+        assert all(s + clusters(n - s) != k for s in range(sel + 1, k + 1)), "the selection must be the largest"
+    else:
+        assert sel == k
+
+
+def _dpc_reference(x, k):
+    """DPC-kNN written out with numpy loops (float64)."""
+    m = len(x)
+    dist = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)) / np.sqrt(x.shape[1])
+    density = np.array([np.exp(-np.mean(np.sort(dist[i])[:k] ** 2)) for i in range(m)])
+    sep = np.array([min([dist[i, j] for j in range(m) if density[j] > density[i]], default=dist.max()) for i in range(m)])
+    return dist, density, sep
+
+
+@given(batch(max_n=20), st.data())
+def test_sparsevlm_stage_selects_by_the_raters_and_recycles_by_density_peaks(data, draw):
+    from hypothesis import assume
+
+    from d2pruner.baselines import sparsevlm_counts, sparsevlm_selection
+
+    feats, scores, n_keep = data
+    f, score, k = feats[0], scores[0], n_keep[0]
+    n = len(score)
+    stage = sparsevlm_selection(score, f, k)
+    sel, rec = sparsevlm_counts(n, k)
+    s = score.tolist()
+    order = sorted(range(n), key=lambda j: (-s[j], j))
+    assert stage.selected.tolist() == sorted(order[:sel])
+    assert len(stage.kept) == k == len(set(stage.kept.tolist()))
+    assert len(stage.centres) == rec
+    if not rec:
+        return
+    dropped = order[sel:]
+    cand = dropped[: (3 * len(dropped)) // 10 + 1]
+    assert stage.candidates.tolist() == cand, "the recycled tokens are the best-ranked dropped ones"
+    x = f[cand].numpy()
+    dist, density, sep = _dpc_reference(x, rec)
+    val = sep * density
+    assume(len(set(np.round(val, 9))) == len(val))  # no float near-ties among centre scores
+    centres_local = sorted(np.argsort(-val, kind="stable")[:rec].tolist())
+    assert stage.centres.tolist() == sorted(cand[c] for c in centres_local)
+    for j, c in zip(cand, stage.assignment.tolist()):
+        lj = cand.index(j)
+        if j in stage.centres.tolist():
+            assert c == j
+        else:
+            best = min(dist[lj, cl] for cl in centres_local)
+            assert abs(dist[lj, cand.index(c)] - best) <= 1e-9, "a token joins its nearest centre"
+    for row, c in zip(stage.merged, stage.centres.tolist()):
+        group = [j for j, a in zip(cand, stage.assignment.tolist()) if a == c]
+        torch.testing.assert_close(row, f[group].mean(dim=0), atol=1e-12, rtol=0)

@@ -33,7 +33,7 @@ import torch
 from d2pruner.spec import D2PrunerConfig, Role, Selection, TokenLayout, resolve_budget
 
 __all__ = ["D2PrunerMethod", "ItemInputs", "ItemStats", "MergedSelection", "PruningHandle", "VisionCapture",
-           "cls_attention_and_keys", "last_token_attention", "resolve_method"]
+           "cls_attention_and_keys", "last_token_attention", "query_attention", "resolve_method"]
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
@@ -49,7 +49,12 @@ class ItemInputs:
     visual tokens as the projector receives them, and ``project``, the model's projector
     ((M, Dv) -> (M, D)); with ``needs_cls_attention`` the [CLS] attention (N,) and the head-averaged
     keys (N, d) of the vision layer whose output the model takes (:class:`VisionCapture`); with
-    ``needs_instruction`` the item's instruction text (:meth:`PruningHandle.set_instructions`)."""
+    ``needs_instruction`` the item's instruction text (:meth:`PruningHandle.set_instructions`).
+
+    Methods with ``needs_rater_attention`` (SparseVLM) get ``rater_attention`` (R, N): the attention of
+    each of the item's R text raters (chosen once per prompt pass on the LLM's input embeddings,
+    :func:`d2pruner.baselines.sparsevlm_raters`) to the current visual tokens, at layer K-1, mean over
+    heads, softmax over the full causal key length."""
 
     attn: torch.Tensor | None
     features: torch.Tensor
@@ -63,6 +68,7 @@ class ItemInputs:
     cls_attention: torch.Tensor | None = None
     vision_keys: torch.Tensor | None = None
     instruction: str | None = None
+    rater_attention: torch.Tensor | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -190,6 +196,41 @@ def last_token_attention(layer: torch.nn.Module, hidden_states: torch.Tensor, po
         row = attention_mask[:, :, -1:, :]  # (B, 1, 1, L)
         scores = scores.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else scores + row.float()
     return scores.softmax(dim=-1).mean(dim=1)[:, 0]  # (B, L)
+
+
+def query_attention(layer: torch.nn.Module, hidden_states: torch.Tensor, position_embeddings: tuple,
+                    attention_mask: torch.Tensor | None, queries: torch.Tensor) -> torch.Tensor:
+    """Attention rows of chosen query positions of one item, mean over heads, for a Llama-layout layer
+    (the computation of :func:`last_token_attention` for several queries).
+
+    Parameters
+    ----------
+    layer : decoder layer; hidden_states : Tensor (1, L, H) -- its input
+    position_embeddings : (cos, sin), each (1, L, head_dim)
+    attention_mask : (1, 1, L, L) bool or additive float, or None (causal)
+    queries : LongTensor (Q,) -- query positions
+
+    Returns
+    -------
+    Tensor (Q, L), float32
+    """
+    attn = layer.self_attn
+    x = layer.input_layernorm(hidden_states)  # (1, L, H)
+    n, hd = x.shape[1], attn.head_dim
+    q = attn.q_proj(x[:, queries]).view(1, len(queries), -1, hd).transpose(1, 2).float()  # (1, nH, Q, hd)
+    k = attn.k_proj(x).view(1, n, -1, hd).transpose(1, 2).float()  # (1, nKV, L, hd)
+    cos, sin = (t.float()[:, None] for t in position_embeddings)  # (1, 1, L, hd)
+    q = q * cos[..., queries, :] + _rotate_half(q) * sin[..., queries, :]
+    k = k * cos + _rotate_half(k) * sin
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # (1, nH, L, hd): GQA
+    scores = (q @ k.transpose(-1, -2)) * attn.scaling  # (1, nH, Q, L)
+    if attention_mask is None:
+        visible = torch.arange(n, device=x.device)[None, :] <= queries[:, None]  # (Q, L) causal
+        scores = scores.masked_fill(~visible, float("-inf"))
+    else:
+        rows = attention_mask[:, :, queries, :]  # (1, 1, Q, L)
+        scores = scores.masked_fill(~rows, float("-inf")) if rows.dtype == torch.bool else scores + rows.float()
+    return scores.softmax(dim=-1).mean(dim=1)[0]  # (Q, L)
 
 
 def cls_attention_and_keys(attn: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -365,6 +406,8 @@ class PruningHandle:
             self._handles.append(language_model.register_forward_pre_hook(self._on_language_model, with_kwargs=True))
         for i in range(prune_layer, len(layers)):
             self._handles.append(layers[i].register_forward_pre_hook(self._make_cut_hook(i), with_kwargs=True))
+        if getattr(method, "needs_rater_attention", False):  # raters from the LLM's input, before any score hook
+            self._handles.append(layers[0].register_forward_pre_hook(self._on_first_layer, with_kwargs=True))
         # Registered after the cut hooks, so that a score layer inside a pruned span sees the cut inputs.
         for stage_layer in self.stage_layers:
             if stage_layer > 0:
@@ -446,9 +489,44 @@ class PruningHandle:
             raise ValueError("pruning before the LLM needs a 2-D attention mask (or none) while decoding")
         return args, kwargs
 
+    # -- layer 0: text raters (SparseVLM) ---------------------------------------------------------------
+    def _on_first_layer(self, module, args, kwargs):
+        """Choose each item's text raters on the LLM's input embeddings: its real tokens after its last
+        visual token (the question), rated by :func:`d2pruner.baselines.sparsevlm_raters`; an item whose
+        image ends the prompt uses its last token."""
+        if self._mode != "prefill":
+            return None
+        from d2pruner.baselines import sparsevlm_raters
+
+        hidden = kwargs.get("hidden_states", args[0] if args else None)  # (B, L, H)
+        self._stage_state = []
+        self._raters = {}
+        for i, item in enumerate(self._items):
+            if item is None:
+                continue
+            pos = item[0]
+            after = torch.arange(int(pos.max()) + 1, hidden.shape[1], device=hidden.device)  # (T,)
+            if self._mask2d is not None:
+                after = after[self._mask2d[i, after].bool()]
+            if len(after) == 0:
+                after = torch.tensor([hidden.shape[1] - 1], device=hidden.device)
+            self._raters[i] = after[sparsevlm_raters(hidden[i, pos], hidden[i, after]).to(hidden.device)]  # (R,) positions
+        return None
+
     # -- layer K-1: the attention row ----------------------------------------------------------------
     def _on_score_layer(self, module, args, kwargs):
-        if self._mode == "prefill" and getattr(self.method, "needs_attention", True):
+        if self._mode == "prefill" and getattr(self.method, "needs_rater_attention", False):
+            hidden = kwargs.get("hidden_states", args[0] if args else None)  # (B, L_cur, H)
+            cos, sin = kwargs["position_embeddings"]
+            mask = kwargs.get("attention_mask")
+            b, n_cur = hidden.shape[:2]
+            cur_index = self._stage_state[-1][0] if self._stage_state else torch.arange(n_cur, device=hidden.device).expand(b, n_cur)
+            self._rater_rows = {}
+            for i, raters in self._raters.items():
+                slots = (cur_index[i][:, None] == raters[None, :]).any(dim=1).nonzero()[:, 0]  # (R,) current slots
+                pe = (cos[i:i + 1] if cos.shape[0] > 1 else cos, sin[i:i + 1] if sin.shape[0] > 1 else sin)
+                self._rater_rows[i] = query_attention(module, hidden[i:i + 1], pe, None if mask is None else mask[i:i + 1], slots)
+        elif self._mode == "prefill" and getattr(self.method, "needs_attention", True):
             hidden = kwargs.get("hidden_states", args[0] if args else None)
             self._row = last_token_attention(module, hidden, kwargs["position_embeddings"], kwargs.get("attention_mask"))
         return None
@@ -552,6 +630,8 @@ class PruningHandle:
                 extra.update(vision_extra[i])
             if getattr(self.method, "needs_instruction", False):
                 extra["instruction"] = self.instructions[i]
+            if getattr(self.method, "needs_rater_attention", False):
+                extra["rater_attention"] = self._rater_rows[i][:, slots]  # (R, N_cur)
             inputs.append(ItemInputs(attn, hidden[i, slots], sub_layout, prior, **extra))
         if stage == 0:
             sizes = [len(it.layout) for it in inputs]
