@@ -194,13 +194,15 @@ def _make_class():
         from :data:`d2pruner.methods.METHODS`, or ``none`` for the unpruned model), ``budget`` (``64`` or
         ``10%``), ``prior`` (path of a prior file), ``config`` (``default`` or ``localization``),
         ``batch_size``, ``device``, ``dtype``, ``attn_implementation``, ``max_tiles``, ``revision``, ``cache``
-        (per-sample answer file; none = no cache).
+        (per-sample answer file; none = no cache), ``max_new_tokens_cap`` (smoke runs only: a bound on every
+        task's ``max_new_tokens``, since a random model rarely stops by itself).
         """
 
         def __init__(self, pretrained: str, method: str = "none", budget: Any = None, prior: str | None = None,
                      config: str = "default", batch_size: Any = 1, device: str | None = None, dtype: str = "float16",
                      attn_implementation: str = "sdpa", max_tiles: Any = 12, revision: str | None = None,
-                     cache: str | None = None, model: Any = None, **unknown: Any) -> None:
+                     cache: str | None = None, max_new_tokens_cap: Any = None, model: Any = None,
+                     **unknown: Any) -> None:
             super().__init__()
             unknown = {k: v for k, v in unknown.items() if v is not None}
             if unknown:
@@ -219,6 +221,7 @@ def _make_class():
             if self.batch_size_per_gpu < 1:
                 raise ValueError(f"batch_size={batch_size!r} must be >= 1")
             self.max_tiles = int(max_tiles)
+            self.max_new_tokens_cap = None if max_new_tokens_cap in (None, "") else int(max_new_tokens_cap)
             self.config_name = config
             self.prior = prior
             self._device = torch.device(device)
@@ -230,7 +233,8 @@ def _make_class():
                     attn_implementation=attn_implementation, max_tiles=self.max_tiles)
             self.fingerprint = {"pretrained": pretrained, "revision": revision, "method": self.method,
                                 "budget": budget if self.method else None, "config": config, "dtype": dtype,
-                                "prior_sha256": file_sha256(prior) if prior else None, "max_tiles": self.max_tiles}
+                                "prior_sha256": file_sha256(prior) if prior else None, "max_tiles": self.max_tiles,
+                                "max_new_tokens_cap": self.max_new_tokens_cap}
             self.cache_path = pathlib.Path(cache) if cache else None
             self._cache: SampleCache | None = None
             if self.cache_path is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
@@ -317,6 +321,8 @@ def _make_class():
                 questions.append(context)
             context, gen_kwargs, _, doc_id, task, split = group[0][2].args
             until, max_new_tokens = _greedy_settings(gen_kwargs, f"{task} doc {doc_id}")
+            if self.max_new_tokens_cap is not None:  # smoke runs: a random model never stops by itself
+                max_new_tokens = min(max_new_tokens, self.max_new_tokens_cap)
             inputs = build_batch(self.processor, self.family, images, questions, max_tiles=self.max_tiles,
                                  device=self.device)
             if handle is not None and self.family == "internvl":
@@ -326,7 +332,8 @@ def _make_class():
             with torch.inference_mode():
                 out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                           stop_strings=[s for s in until if s] or None, tokenizer=tokenizer,
-                                          pad_token_id=tokenizer.pad_token_id)
+                                          pad_token_id=tokenizer.pad_token_id,
+                                          suppress_tokens=[int(self.model.config.image_token_id)])  # never a valid answer
             new = out[:, inputs["input_ids"].shape[1]:]
             texts = tokenizer.batch_decode(new, skip_special_tokens=True)
             stats = handle.stats if handle is not None else [None] * len(group)

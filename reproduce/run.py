@@ -486,11 +486,12 @@ def main(table: str, argv: list[str] | None = None) -> int:
     adapter_kwargs = {"pretrained": model_id, "prior": str(prior) if prior.exists() else None,
                       "config": mspec.get("config", "default"), "batch_size": batch, "device": device, "dtype": dtype,
                       "attn_implementation": mspec["attn_implementation"], "max_tiles": max_tiles, "revision": revision,
-                      "model": model}
+                      "model": model, "max_new_tokens_cap": spec["smoke"].get("max_new_tokens_cap") if args.smoke else None}
     env = environment(device)
     provenance = {"model_id": model_id, "model_revision": revision or getattr(model[0].config, "_commit_hash", None),
                   "dtype": dtype, "attn_implementation": mspec["attn_implementation"], "max_tiles": max_tiles,
                   "prior_sha256": adapter.file_sha256(prior) if prior.exists() else None, "smoke": args.smoke,
+                  "max_new_tokens_cap": adapter_kwargs["max_new_tokens_cap"],
                   "command": "python -m reproduce " + " ".join([table, *(argv or [])])}
     records: dict = {}
     rank0 = int(os.environ.get("RANK", "0")) == 0
