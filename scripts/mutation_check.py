@@ -24,7 +24,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 QUICK_CORE = ["tests/test_examples.py", "tests/test_spec.py", "tests/test_errors.py", "tests/test_baselines.py",
               "tests/test_properties.py"]
-QUICK_MODELS = ["tests/test_models.py", "tests/test_methods.py"]
+QUICK_MODELS = ["tests/test_pre_llm_methods.py", "tests/test_sparsevlm.py", "tests/test_models.py", "tests/test_methods.py"]
 
 #: name -> (file, text, replacement); the text must occur in the file (every occurrence is replaced)
 MUTANTS = {
@@ -87,6 +87,29 @@ MUTANTS = {
     "hooks: progressive stage keeps the previous stage's hidden states unaligned": (
         "d2pruner/models/hooks.py", "src = slot_of.gather(1, index)  # (B, L') current slot", "src = index.clamp(max=n_cur - 1)  # (B, L') current slot"),
     "fast scores in float32": ("d2pruner/fast/debias.py", "torch.float64", "torch.float32"),
+    "baselines: VisionZip dominant by the lowest [CLS] attention": (
+        "d2pruner/baselines.py", "dominant = torch.sort(rank_order(cls_attention.to(torch.float64))",
+        "dominant = torch.sort(rank_order(-cls_attention.to(torch.float64))"),
+    "baselines: VisionZip contextual = target + mean(members) (the public code's sum)": (
+        "d2pruner/baselines.py", "out.append(features[members].mean(dim=0))",
+        "out.append(features[members[:1]].sum(dim=0) + features[members[1:]].mean(dim=0).nan_to_num())"),
+    "hooks: merged tokens not written into their slots": (
+        "d2pruner/models/hooks.py", "h[i, new_slot[orig]] = sel.features.to(device=device, dtype=h.dtype)", "pass"),
+    "hooks: [CLS] attention of the last patch instead of [CLS]": (
+        "d2pruner/models/hooks.py", "q = attn.q_proj(hidden_states[:, :1])", "q = attn.q_proj(hidden_states[:, -1:])"),
+    "methods: CDPruner relevance never negated": (
+        "d2pruner/methods.py", "return -rel if self.negate_relevance else rel", "return rel"),
+    "clip_text: relevance from the first text segment only": (
+        "d2pruner/models/clip_text.py", "return (img @ txt.T).mean(dim=1)", "return (img @ txt[:1].T).mean(dim=1)"),
+    "baselines: SparseVLM raters below the mean": (
+        "d2pruner/baselines.py", "raters = rel > rel.mean()", "raters = rel < rel.mean()"),
+    "baselines: SparseVLM recycles the worst dropped tokens": (
+        "d2pruner/baselines.py", "candidates = dropped[:_candidates(len(dropped))]",
+        "candidates = dropped.flip(0)[:_candidates(len(dropped))]"),
+    "hooks: rater rows ignore the attention mask": (
+        "d2pruner/models/hooks.py",
+        "        rows = attention_mask[:, :, queries, :]  # (1, 1, Q, L)\n        scores = scores.masked_fill(~rows, float(\"-inf\")) if rows.dtype == torch.bool else scores + rows.float()",
+        "        pass"),
 }
 
 
@@ -101,7 +124,7 @@ def run_mutant(name: str, path: str, old: str, new: str) -> tuple[bool, str]:
         target.write_text(text.replace(old, new))
         env = {**os.environ, "HYPOTHESIS_PROFILE": "dev", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(dst)}
         # The tests most likely to notice first (seconds), then, if they all pass, the whole suite.
-        quick = QUICK_MODELS if path.startswith("d2pruner/models/") else QUICK_CORE
+        quick = QUICK_MODELS if path.startswith("d2pruner/models/") or path == "d2pruner/methods.py" else QUICK_CORE
         for targets in (quick, []):
             proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "--no-header", "-rf", *targets],
                                   cwd=dst, env=env, capture_output=True, text=True)

@@ -6,6 +6,7 @@
 * :mod:`d2pruner.models.prior` -- measuring, saving and loading the positional prior.
 * :mod:`d2pruner.models.tiny` -- tiny random models of both families for tests and demos.
 * :mod:`d2pruner.models.loading` -- real checkpoints from the local cache, official prompts.
+* :mod:`d2pruner.models.clip_text` -- CDPruner's CLIP text tower (local cache only) and relevance.
 """
 
 from d2pruner.models.hooks import D2PrunerMethod, ItemStats, PruningHandle

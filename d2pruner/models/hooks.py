@@ -13,6 +13,13 @@ Where D2Pruner acts (method spec, "prune_layer" K):
   during the prompt pass; during cached decoding only the mask's key columns are cut (the KV cache
   of layers >= K holds only kept tokens). Kept tokens keep their original position ids.
 
+Methods that read more than the attention row get it through the same hooks: pre-LLM methods with
+``needs_vision`` read the projector's input and the [CLS] attention/keys of a vision layer
+(:class:`VisionCapture`, recorded whenever the images are encoded); SparseVLM's text raters and their
+attention rows are computed from q/k like the last token's row (:func:`query_attention`). A method
+may return a :class:`MergedSelection`: some kept slots then carry new hidden states (VisionZip's
+contextual tokens, SparseVLM's recycled tokens) instead of their own.
+
 Items of one batch keep different numbers of tokens (per-item budgets, different tile counts): the
 cut sequences are left-padded to a common length with masked "dummy" slots, so the last token stays
 last. Nothing in transformers is patched; :meth:`PruningHandle.remove` detaches every hook.
