@@ -224,6 +224,7 @@ def _make_class():
             self.max_new_tokens_cap = None if max_new_tokens_cap in (None, "") else int(max_new_tokens_cap)
             self.config_name = config
             self.prior = prior
+            self.pretrained = pretrained
             self._device = torch.device(device)
             if model is not None:  # an already-loaded (model, processor, family), shared between rows
                 self.model, self.processor, self.family = model
@@ -269,10 +270,23 @@ def _make_class():
 
             cfg = D2PrunerConfig.for_localization() if self.config_name == "localization" else D2PrunerConfig()
             prior = self.prior if self.method in ("d2pruner", "mmr-d2score") else None
+            method = self._method_object()
             if self.family == "llava":
-                return llava.attach(self.model, self.budget, config=cfg, prior=prior, method=self.method)
-            return internvl.attach(self.model, self.budget, config=cfg, prior=prior, method=self.method,
+                return llava.attach(self.model, self.budget, config=cfg, prior=prior, method=method)
+            return internvl.attach(self.model, self.budget, config=cfg, prior=prior, method=method,
                                    max_tiles=self.max_tiles)
+
+        def _method_object(self):
+            """The method by name; on the tiny LLaVA, CDPruner gets the tiny CLIP text tower built in code (the
+            real model loads ``openai/clip-vit-large-patch14-336`` from the local cache when attached)."""
+            from d2pruner.methods import get_method
+
+            if self.method == "cdpruner" and self.pretrained == "tiny_llava":
+                from d2pruner.models import tiny
+
+                width = int(self.model.config.vision_config.hidden_size)
+                return get_method("cdpruner", text_tower=tiny.tiny_clip_text_tower(vision_width=width))
+            return self.method
 
         def generate_until(self, requests) -> list[str]:
             from d2pruner.models.internvl import tile_grid
@@ -325,6 +339,8 @@ def _make_class():
                 max_new_tokens = min(max_new_tokens, self.max_new_tokens_cap)
             inputs = build_batch(self.processor, self.family, images, questions, max_tiles=self.max_tiles,
                                  device=self.device)
+            if handle is not None:  # the instruction of each item, as the task phrases it (CDPruner's relevance)
+                handle.set_instructions(questions)
             if handle is not None and self.family == "internvl":
                 handle.set_tile_grids([tile_grid((im.height, im.width), self.max_tiles, tile_pixels=tile_pixels(self.processor))
                                        for im in images])

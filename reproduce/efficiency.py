@@ -7,10 +7,9 @@ Three tables, printed and written as Markdown and CSV under ``--out``:
    and 12 tiles);
 2. which convention, budget and text length reproduce the abstract's 74.2 % (to the printed
    decimal), searching text lengths 0 to 1000, or that none does;
-3. per-method prefill FLOPs for LLaVA-1.5-7B table rows at each budget: methods that prune at K = 2
-   (D2Pruner, FastV, DART), before the LLM (VisionZip, DivPrune, CDPruner, IDPruner-MMR, Random),
-   and PyramidDrop's progressive schedule under the package's equivalent-token rule (the budgets it
-   cannot reach are marked so).
+3. per-method prefill FLOPs for LLaVA-1.5-7B table rows at each budget, each method at its own
+   pruning point (:func:`method_schedule`: at K = 2, before the LLM, or progressive stages under the
+   package's equivalent-token rule; the budgets a progressive method cannot reach are marked so).
 
 The models' dimensions come from the configs shipped in ``d2pruner/data`` (see their ``_source``).
 """
@@ -22,15 +21,16 @@ import csv
 import pathlib
 
 from d2pruner.flops import CONVENTIONS, LMDims, paper_config, prefill_flops, reduction
-from d2pruner.methods import PyramidDropMethod
 
 LLAVA, INTERNVL = "llava-hf/llava-1.5-7b-hf", "OpenGVLab/InternVL2_5-8B-MPO-hf"
 LLAVA_BUDGETS = (192, 128, 64)
 TEXT_LENGTHS = (32, 64, 128)
 PAPER_REDUCTION = 74.2  # abstract: LLaVA-1.5-7B, general understanding
 K = 2
-IN_LLM = ("D2Pruner", "FastV", "DART")
-PRE_LLM = ("VisionZip", "DivPrune", "CDPruner", "IDPruner-MMR", "Random")
+#: The methods of the per-method table: display name -> name in :data:`d2pruner.methods.METHODS`.
+TABLE_METHODS = {"D2Pruner": "d2pruner", "FastV": "fastv", "DART": "dart", "IDPruner-MMR": "mmr-d2score",
+                 "VisionZip": "visionzip", "DivPrune": "divprune", "CDPruner": "cdpruner", "Random": "random",
+                 "PyramidDrop": "pyramiddrop", "SparseVLM": "sparsevlm"}
 
 
 def internvl_tokens(tiles: int) -> int:
@@ -41,12 +41,23 @@ def d2pruner_schedule(n_visual: int, n_keep: int, k: int = K) -> list[tuple[int,
     return [(0, n_visual), (k, n_keep)] if k > 0 else [(0, n_keep)]
 
 
-def pyramiddrop_schedule(n_visual: int, budget: int, layers: int = 32) -> list[tuple[int, int]]:
-    """PyramidDrop's stages under the package's equivalent-token rule (:class:`d2pruner.methods.PyramidDropMethod`):
-    all N tokens up to layer L/4, then counts shrinking by 0.5 per stage, averaging ``budget`` per layer.
-    Raises ``ValueError`` for budgets the schedule cannot reach."""
-    method = PyramidDropMethod()
-    return [(0, n_visual)] + list(zip(method.stage_layers(layers), method.stage_budgets(n_visual, budget, layers)))
+def method_schedule(method: str, n_visual: int, n_keep: int, layers: int = 32) -> list[tuple[int, int]]:
+    """``[(layer, visual tokens from that layer on), ...]`` of a method (a name in
+    :data:`d2pruner.methods.METHODS`) at its own pruning point: ``n_keep`` from layer K or from the
+    LLM's input, or a progressive method's stages under its equivalent-token rule (``n_keep`` = the
+    average over the layers; ``ValueError`` where that average cannot be reached).
+
+    >>> method_schedule("fastv", 576, 64), method_schedule("divprune", 576, 64)
+    ([(0, 576), (2, 64)], [(0, 64)])
+    >>> method_schedule("pyramiddrop", 576, 192)
+    [(0, 576), (8, 110), (16, 55), (24, 28)]
+    """
+    from d2pruner.methods import get_method
+
+    m = get_method(method)
+    if hasattr(m, "stage_budgets"):
+        return [(0, n_visual)] + list(zip(m.stage_layers(layers), m.stage_budgets(n_visual, n_keep, layers)))
+    return d2pruner_schedule(n_visual, n_keep, m.default_layer if m.default_layer is not None else K)
 
 
 def table_d2pruner() -> list[dict]:
@@ -90,19 +101,16 @@ def table_methods(text: int = 64, convention: str = "exact") -> list[dict]:
     full = prefill_flops(dims, text, [(0, 576)], conv)
     rows = [{"method": "unpruned", "budget": 576, "schedule": "[(0, 576)]", "TFLOPs": round(full / 1e12, 4), "reduction": 0.0}]
     for budget in LLAVA_BUDGETS:
-        scheds = [(m, d2pruner_schedule(576, budget)) for m in IN_LLM]
-        scheds += [(m, d2pruner_schedule(576, budget, 0)) for m in PRE_LLM]
-        try:
-            scheds.append(("PyramidDrop", pyramiddrop_schedule(576, budget, dims.layers)))
-        except ValueError as err:
-            rows.append({"method": "PyramidDrop", "budget": budget, "schedule": f"unreachable: {err}", "TFLOPs": "",
-                         "reduction": ""})
-        for method, sched in scheds:
+        for method, key in TABLE_METHODS.items():
+            try:
+                sched = method_schedule(key, 576, budget, dims.layers)
+            except ValueError as err:
+                rows.append({"method": method, "budget": budget, "schedule": f"unreachable: {err}", "TFLOPs": "",
+                             "reduction": ""})
+                continue
             f = prefill_flops(dims, text, sched, conv)
             rows.append({"method": method, "budget": budget, "schedule": str(sched), "TFLOPs": round(f / 1e12, 4),
                          "reduction": round(reduction(f, full), 2)})
-        rows.append({"method": "SparseVLM", "budget": budget, "schedule": "not computed: per-layer counts not published",
-                     "TFLOPs": "", "reduction": ""})
     return rows
 
 
@@ -125,7 +133,6 @@ def row_tflops(model_id: str, method: str | None, budget: str, text: int = ROW_T
     ...
     ValueError: pyramiddrop cannot average 64 visual tokens per layer: its first 8 of 32 layers see all 576; reachable averages lie between about 145 and 576
     """
-    from d2pruner.methods import get_method
     from d2pruner.spec import resolve_budget
     from reproduce.adapter import parse_budget
 
@@ -137,13 +144,7 @@ def row_tflops(model_id: str, method: str | None, budget: str, text: int = ROW_T
     parsed = parse_budget(budget)
     if method is None or parsed is None:
         return prefill_flops(dims, text, [(0, n_visual)], conv) / 1e12
-    keep = resolve_budget(parsed, n_visual)
-    m = get_method(method)
-    if hasattr(m, "stage_budgets"):
-        sched = [(0, n_visual)] + list(zip(m.stage_layers(dims.layers), m.stage_budgets(n_visual, keep, dims.layers)))
-    else:
-        layer = m.default_layer if m.default_layer is not None else K
-        sched = d2pruner_schedule(n_visual, keep, layer)
+    sched = method_schedule(method, n_visual, resolve_budget(parsed, n_visual), dims.layers)
     return prefill_flops(dims, text, sched, conv) / 1e12
 
 

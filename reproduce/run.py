@@ -57,9 +57,9 @@ def load_spec(table: str) -> dict:
 
 def paper_values(spec: dict) -> dict[tuple[str, str, str], float | None]:
     """``(method, budget, benchmark) -> value`` from paper_tables (None where the paper's cell is unknown)."""
-    rows = csv.DictReader(open(ROOT / spec["paper_file"], encoding="utf-8"))
-    return {(r["method"], r["budget"], r["benchmark"]): None if r["value"] == "unknown" else float(r["value"])
-            for r in rows}
+    with open(ROOT / spec["paper_file"], encoding="utf-8") as f:
+        return {(r["method"], r["budget"], r["benchmark"]): None if r["value"] == "unknown" else float(r["value"])
+                for r in csv.DictReader(f)}
 
 
 def slug(text: str) -> str:
@@ -106,9 +106,38 @@ def select_rows(spec: dict, smoke: bool, wanted: str | None) -> tuple[list[Row],
             run.append(Row(r["method"], r["budget"], None))
         elif key is None or key not in METHODS:
             skipped.append((r["method"], r["budget"], "not implemented"))
+        elif (why := row_refusal(spec, key, r["budget"])) is not None:
+            skipped.append((r["method"], r["budget"], why))
         else:
             run.append(Row(r["method"], r["budget"], key))
     return run, skipped
+
+
+def row_refusal(spec: dict, key: str, budget: str) -> str | None:
+    """Why method ``key`` cannot run at ``budget`` on the spec's model, decided before anything runs, or None.
+
+    Two reasons exist: the model family refuses the method (InternVL has no [CLS] attention for
+    VisionZip and no CLIP text tower for CDPruner: :func:`d2pruner.models.internvl.unsupported`), or a
+    progressive method cannot average ``budget`` visual tokens over the full-size model's layers under
+    the equivalent-token rule (PyramidDrop at 128 or 64 of 576).
+
+    >>> spec = load_spec("table1")
+    >>> row_refusal(spec, "pyramiddrop", "192") is None, row_refusal(spec, "pyramiddrop", "64")[:40]
+    (True, 'pyramiddrop cannot average 64 visual tok')
+    >>> row_refusal(load_spec("table3"), "visionzip", "10%")[:40]
+    'visionzip needs the [CLS] attention of t'
+    """
+    from d2pruner.methods import get_method
+    from d2pruner.models import internvl
+    from reproduce.efficiency import row_tflops
+
+    if spec["model"]["family"] == "internvl" and (why := internvl.unsupported(get_method(key))) is not None:
+        return why
+    try:  # the schedule of the full-size model: stage budgets raise where the average is unreachable
+        row_tflops(spec["model"]["id"], key, budget)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def select_columns(spec: dict, wanted: str | None) -> list[dict]:
@@ -179,6 +208,13 @@ def check_inputs(spec: dict, rows: list[Row], columns: list[dict], model_id: str
                             "datasets cache: run once with network access (`python -m reproduce "
                             f"{spec['table']} --columns '{col['benchmark']}' --limit 1` with HF_TOKEN set and without "
                             "HF_HUB_OFFLINE) or copy the cache (HF_HOME) here")
+    if spec["model"]["family"] == "llava" and any(r.key == "cdpruner" for r in rows):
+        from d2pruner.models.clip_text import CLIP_FOR_LLAVA
+
+        if not checkpoint_cached(CLIP_FOR_LLAVA, None):
+            problems.append(f"CLIP text tower {CLIP_FOR_LLAVA!r} (needed by the CDPruner rows) is not in the local "
+                            f"Hugging Face cache: on a machine with network run `huggingface-cli download "
+                            f"{CLIP_FOR_LLAVA}` and copy the cache (HF_HOME) here")
     if any(r.key in NEEDS_PRIOR for r in rows) and (prior is None or not prior.exists()):
         problems.append(f"prior file {prior} not found (needed by the {', '.join(sorted({r.method for r in rows if r.key in NEEDS_PRIOR}))} "
                         f"rows): measure it with `python -m d2pruner.models.prior --model {model_id} --images "
@@ -256,6 +292,16 @@ def answers_digest(path: pathlib.Path) -> tuple[str, int, float | None]:
     return digest, len(records), (round(sum(kept) / len(kept), 2) if kept else None)
 
 
+def launcher() -> str:
+    """lmms-eval's distributed backend for this process: ``torchrun`` when started by torchrun (CPU or
+    GPU, collectives through torch.distributed), else ``accelerate`` (``accelerate launch`` or one process).
+
+    >>> import os; launcher() == ("torchrun" if "TORCHELASTIC_RUN_ID" in os.environ else "accelerate")
+    True
+    """
+    return "torchrun" if "TORCHELASTIC_RUN_ID" in os.environ else "accelerate"
+
+
 def run_cell(*, spec: dict, row: Row, col: dict, out: pathlib.Path, adapter_kwargs: dict, limit: int | None,
              include_path: pathlib.Path, env: dict, provenance: dict) -> dict:
     """Run one (row, column) cell through lmms-eval unless its record exists; return the record."""
@@ -277,7 +323,8 @@ def run_cell(*, spec: dict, row: Row, col: dict, out: pathlib.Path, adapter_kwar
     started = time.time()
     results = simple_evaluate(model=lm, tasks=[task], limit=limit, task_manager=TaskManager(
         include_path=str(include_path), include_defaults=False), random_seed=SEED, numpy_random_seed=SEED,
-        torch_random_seed=SEED, fewshot_random_seed=SEED, verbosity="WARNING", log_samples=False)
+        torch_random_seed=SEED, fewshot_random_seed=SEED, verbosity="WARNING", log_samples=False,
+        distributed_executor_backend=launcher())
     if results is None:  # a non-zero rank under accelerate: rank 0 writes the record
         return {}
     raw = metric_value(results, task, col["metric"])

@@ -106,6 +106,8 @@ MUTANTS = {
     "baselines: SparseVLM recycles the worst dropped tokens": (
         "d2pruner/baselines.py", "candidates = dropped[:_candidates(len(dropped))]",
         "candidates = dropped.flip(0)[:_candidates(len(dropped))]"),
+    "hooks: a decoded image-token id taken for an image": (
+        "d2pruner/models/hooks.py", "if input_ids is not None and not decoding else None", "if input_ids is not None else None"),
     "hooks: rater rows ignore the attention mask": (
         "d2pruner/models/hooks.py",
         "        rows = attention_mask[:, :, queries, :]  # (1, 1, Q, L)\n        scores = scores.masked_fill(~rows, float(\"-inf\")) if rows.dtype == torch.bool else scores + rows.float()",

@@ -113,6 +113,53 @@ def check_pruning_is_applied_and_recorded():
     assert [r["visual_tokens"] for r in lines] == [[576, 64], [576, 64]], lines
 
 
+def check_every_method_of_the_tables_answers_through_the_adapter():
+    """Each method a table row names, by name through the adapter, on the tiny model of each family that
+    accepts it: exact budgets recorded, and CDPruner's kept tokens follow the instruction it is given."""
+    from d2pruner.methods import get_method
+    from d2pruner.models import internvl
+    from reproduce import run
+
+    keys = sorted({k for t in run.TABLES for k in run.load_spec(t)["method_keys"].values() if k})
+    assert {"sparsevlm", "visionzip", "cdpruner", "pyramiddrop"} <= set(keys), keys
+    ran = []
+    for family, budget, want in (("llava", "45%", 259), ("internvl", "45%", None)):
+        for key in keys:
+            if family == "internvl" and internvl.unsupported(get_method(key)) is not None:
+                continue
+            cache = pathlib.Path(tempfile.mkdtemp()) / "answers.jsonl"
+            answers = model(family, method=key, budget=budget, batch_size=2, cache=str(cache)).generate_until(requests(3))
+            assert len(answers) == 3 and all(isinstance(a, str) for a in answers), (family, key, answers)
+            lines = [json.loads(line) for line in cache.read_text().splitlines()[1:]]
+            method = get_method(key)
+            for r in lines:
+                before, after = r["visual_tokens"]
+                keep = want or int(0.45 * before + 0.5)
+                if hasattr(method, "stage_budgets"):  # progressive: the last stage's count under the equivalent-token rule
+                    keep = method.stage_budgets(before, keep, 4)[-1]
+                assert after == keep, (family, key, r["visual_tokens"], keep)
+            ran.append((family, key))
+    assert ("llava", "cdpruner") in ran and ("internvl", "sparsevlm") in ran and ("llava", "visionzip") in ran, ran
+    kept = []
+    for question in ("What is on the left?", "How many red cats sit on the mat?"):
+        lm = model("llava", method="cdpruner", budget="10%")
+        handle = lm._attach()
+        try:
+            lm._generate([(0, "k", types.SimpleNamespace(args=(question, dict(GEN), lambda d: d["images"], 0, "t",
+                                                                      "test")))], handle, *_build())
+            kept.append(handle.stats[0].kept.tolist())
+        finally:
+            handle.remove()
+    assert kept[0] != kept[1], "CDPruner's kept tokens must depend on the instruction the adapter passes"
+
+
+def _build():
+    from d2pruner.models.internvl import tile_grid
+    from d2pruner.models.loading import build_batch
+
+    return build_batch, tile_grid
+
+
 if __name__ == "__main__":
     import time
 

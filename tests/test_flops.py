@@ -73,13 +73,27 @@ def test_pruning_never_costs_more_and_later_pruning_saves_less(text, keep, k):
     assert 0 <= reduction(early, full) < 100
 
 
-def test_pyramiddrop_equivalent_tokens():
-    sched = efficiency.pyramiddrop_schedule(576, 192)
+@pytest.mark.parametrize("method,stages", [("pyramiddrop", [0, 8, 16, 24]), ("sparsevlm", [0, 3, 7, 16])])
+def test_progressive_schedules_average_the_budget(method, stages):
+    sched = efficiency.method_schedule(method, 576, 192)
     layers = 32
     counts = [[n for s, n in sched if s <= layer][-1] for layer in range(layers)]
-    assert abs(sum(counts) / layers - 192) <= 1 and [s for s, _ in sched] == [0, 8, 16, 24]
-    with pytest.raises(ValueError, match="cannot average 128"):
-        efficiency.pyramiddrop_schedule(576, 128)
+    assert abs(sum(counts) / layers - 192) <= 1 and [s for s, _ in sched] == stages
+    if method == "pyramiddrop":
+        with pytest.raises(ValueError, match="cannot average 128"):
+            efficiency.method_schedule(method, 576, 128)
+
+
+def test_schedules_follow_each_methods_pruning_point():
+    from d2pruner.methods import METHODS, get_method
+
+    for key in METHODS:
+        m = get_method(key)
+        if hasattr(m, "stage_budgets"):
+            continue
+        layer = 2 if m.default_layer is None else m.default_layer
+        assert efficiency.method_schedule(key, 576, 64) == ([(0, 64)] if layer == 0 else [(0, 576), (layer, 64)]), key
+    assert efficiency.method_schedule("mmr-d2score", 576, 64) == [(0, 576), (2, 64)]  # needs layer K-1's attention
 
 
 def test_efficiency_command_writes_tables_that_match_the_counts(tmp_path, capsys):
@@ -96,3 +110,5 @@ def test_efficiency_command_writes_tables_that_match_the_counts(tmp_path, capsys
     assert "74.2" in (tmp_path / "efficiency.md").read_text()
     methods = list(csv.DictReader(open(tmp_path / "methods.csv")))
     assert [r["schedule"].startswith("unreachable") for r in methods if r["method"] == "PyramidDrop"] == [False, True, True]
+    assert sorted({r["method"] for r in methods}) == sorted(["unpruned", *efficiency.TABLE_METHODS])
+    assert all(r["TFLOPs"] for r in methods if r["method"] == "SparseVLM")  # reachable at 192, 128 and 64

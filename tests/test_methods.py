@@ -53,6 +53,26 @@ def test_method_generates_with_exact_budgets(family, name):
     assert handle.prune_layer == get_method(name).default_layer
 
 
+#: Methods with more than one published pruning point: the points beside ``default_layer``.
+OTHER_POINTS = {"random": (2,)}  # Random is compared both before the LLM and inside it (layer K = 2)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name,layer", [(n, k) for n, ks in OTHER_POINTS.items() for k in ks])
+def test_method_generates_at_its_other_pruning_points(family, name, layer):
+    model = family_model(family)
+    batch, items = left_padded_batch(family, [(3, 4), (6, 2)])
+    with torch.no_grad(), attach(family, model, [40, 0.2], items.grids, method=name, prune_layer=layer) as handle:
+        out = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == batch["input_ids"].shape[1] + 3
+    assert handle.prune_layer == layer != get_method(name).default_layer
+    assert [s.n_visual_after for s in handle.stats] == [40, max(1, int(np.floor(0.2 * items.n_visual[1] + 0.5)))]
+    if name == "random":  # its choice depends only on the seed, N and the budget, not on where it prunes
+        with torch.no_grad(), attach(family, model, [40, 0.2], items.grids, method=name) as before_llm:
+            model(**batch)
+        assert [s.kept.tolist() for s in handle.stats] == [s.kept.tolist() for s in before_llm.stats]
+
+
 def _shortened_embeds(model, batch, dropped):
     """Independent reference for pruning before the LLM: drop the image embeddings from the input
     sequence itself (as if the placeholders had been shortened) and left-pad again."""

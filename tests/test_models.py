@@ -74,6 +74,41 @@ def test_keeping_every_token_changes_nothing(family, attn):
     assert torch.equal(pruned_gen, base_gen)
 
 
+class _ForceImageTokenFirst:
+    """A logits processor that makes the first generated token the image token's id."""
+
+    def __init__(self, prompt_len: int):
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] == self.prompt_len:
+            scores = torch.full_like(scores, float("-inf"))
+            scores[:, tiny.IMAGE_TOKEN] = 0.0
+        return scores
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ["d2pruner", "divprune"])
+def test_a_generated_image_token_id_is_text_not_an_image(family, method):
+    """A decoded token with the image token's id is embedded as text by transformers; the hooks must
+    treat it so too (found by a README example whose tiny model generated it), at K and before the LLM."""
+    from transformers import LogitsProcessorList
+
+    model = family_model(family, "sdpa")
+    batch, items = left_padded_batch(family, [(3, 4), (6, 2)])
+    force = LogitsProcessorList([_ForceImageTokenFirst(batch["input_ids"].shape[1])])
+    with torch.no_grad():
+        base = model.generate(**batch, max_new_tokens=4, do_sample=False, logits_processor=force)
+        with attach(family, model, 1.0, items.grids, method=method):
+            kept_all = model.generate(**batch, max_new_tokens=4, do_sample=False, logits_processor=force)
+        with attach(family, model, 0.25, items.grids, method=method) as handle:
+            pruned = model.generate(**batch, max_new_tokens=4, do_sample=False, logits_processor=force)
+    prompt = batch["input_ids"].shape[1]
+    assert (base[:, prompt] == tiny.IMAGE_TOKEN).all() and (pruned[:, prompt] == tiny.IMAGE_TOKEN).all()
+    assert torch.equal(kept_all, base)
+    assert len(handle.stats) == 2  # one prompt pass; the decoded image-token id started no new one
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_pruned_run_equals_masking_reference(family, attn):
@@ -218,3 +253,13 @@ def test_bad_configuration_is_refused():
 def test_internvl_tile_grid_rule():
     assert internvl.tile_grid((480, 640)) == (3, 4) and internvl.tile_grid((480, 640), max_tiles=6) == (2, 3)
     assert internvl.tile_grid((100, 100)) == (1, 1)
+
+
+def test_tiny_models_are_seeded_without_touching_the_global_random_state():
+    state = torch.random.get_rng_state()
+    a, b = tiny.tiny_llava(seed=3), tiny.tiny_llava(seed=3)
+    tiny.tiny_internvl()
+    tiny.tiny_clip_text_tower()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(tiny.tiny_llava(seed=4).lm_head.weight, a.lm_head.weight)

@@ -26,23 +26,32 @@ def test_missing_checkpoint_data_and_prior_are_all_named_and_nothing_is_written(
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty-hf-home" / "datasets"))
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    code = main(["table1", "--rows", "Vanilla@576,D2Pruner@64", "--columns", "POPE,MME", "--out", str(out)])
+    code = main(["table1", "--rows", "Vanilla@576,D2Pruner@64,CDPruner@64", "--columns", "POPE,MME", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2
+    assert "CLIP text tower 'openai/clip-vit-large-patch14-336' (needed by the CDPruner rows)" in err
     assert "checkpoint 'llava-hf/llava-1.5-7b-hf' is not in the local Hugging Face cache" in err
     assert "POPE (task pope)" in err and "MME (task mme)" in err
     assert "prior file priors/llava-1.5-7b-hf.json not found" in err and "python -m d2pruner.models.prior" in err
     assert not out.exists()
 
 
-def test_rows_not_implemented_are_marked_not_run():
+def test_rows_not_run_are_marked_with_the_reason():
     spec = run.load_spec("table1")
     rows, skipped = run.select_rows(spec, smoke=False, wanted=None)
-    implemented = {r.method for r in rows}
-    assert "D2Pruner" in implemented and "Vanilla" in implemented
-    for method, budget, why in skipped:
-        assert spec["method_keys"][method] is None and why == "not implemented"
     assert len(rows) + len(skipped) == len(spec["rows"])
+    assert {r.method for r in rows} == set(spec["method_keys"])  # every method of the table runs at some budget
+    assert [(m, b) for m, b, _ in skipped] == [("PyramidDrop", "128"), ("PyramidDrop", "64")]
+    assert all("pyramiddrop cannot average" in why for _, _, why in skipped)
+    spec3 = run.load_spec("table3")
+    rows, skipped = run.select_rows(spec3, smoke=False, wanted=None)
+    why = {m: w for m, _, w in skipped}
+    assert sorted(why) == ["CDPruner", "PyramidDrop", "VisionZip"] and "SparseVLM" in {r.method for r in rows}
+    assert "[CLS] attention" in why["VisionZip"] and "CLIP text tower" in why["CDPruner"]
+    assert "cannot average 179 visual tokens" in why["PyramidDrop"]  # 10 % of 6 tiles + thumbnail
+    unimplemented = {**spec, "method_keys": {**spec["method_keys"], "DART": None}}
+    _, skipped = run.select_rows(unimplemented, smoke=False, wanted="DART@64,FastV@64")
+    assert skipped == [("DART", "64", "not implemented")]
 
 
 def _records(spec, values):

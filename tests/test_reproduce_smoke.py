@@ -97,3 +97,21 @@ def test_a_run_killed_mid_way_resumes_without_computing_any_sample_twice(tmp_pat
     resumed = [p for p in interrupted if after[p][0]["run"] != after[p][-1]["run"]]
     assert resumed or any(len(before[p]) == limit for p in interrupted)
     assert (out / "table.csv").read_text() == golden_path(table).read_text()
+
+
+def test_two_processes_shard_the_samples_and_give_the_same_table(tmp_path):
+    """``torchrun --nproc_per_node 2 -m reproduce``: each process answers its own share of every cell
+    (one answer file per rank, no sample answered twice) and rank 0 writes the single-process table."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "reproduce",
+                           "table2", "--smoke", "--out", str(out)], cwd=ROOT, env=smoke_env(tmp_path),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    limit = run.load_spec("table2")["smoke"]["limit"]
+    for cell in sorted((out / "cells").glob("*/*.json")):
+        shards = sorted(cell.parent.glob(cell.stem + ".answers.rank*-of-2.jsonl"))
+        assert [s.name.split(".")[-2] for s in shards] == ["rank0-of-2", "rank1-of-2"], cell
+        keys = [json.loads(line)["key"] for s in shards for line in s.read_text().splitlines()[1:]]
+        assert all(len(s.read_text().splitlines()) > 1 for s in shards), f"{cell.name}: a rank answered nothing"
+        assert len(keys) == len(set(keys)) == limit, f"{cell.name}: {len(keys)} answers, {len(set(keys))} distinct"
+    assert (out / "table.csv").read_text() == golden_path("table2").read_text()

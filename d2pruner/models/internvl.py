@@ -35,7 +35,7 @@ from d2pruner.models.hooks import PruningHandle, VisionCapture, resolve_method
 from d2pruner.models.prior import prior_tensor
 from d2pruner.spec import D2PrunerConfig, TokenLayout
 
-__all__ = ["InternVLHandle", "attach", "tile_grid", "tile_side"]
+__all__ = ["InternVLHandle", "attach", "tile_grid", "tile_side", "unsupported"]
 
 
 def tile_side(model) -> int:
@@ -101,6 +101,27 @@ def _expand_prior(prior: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     return prior.repeat(len(layout) // prior.numel())  # the same per-position prior on every tile and the thumbnail
 
 
+def unsupported(method: Any) -> str | None:
+    """Why ``method`` (a method object) cannot run on InternVL, or None if it can.
+
+    >>> from d2pruner.methods import get_method
+    >>> unsupported(get_method("fastv")) is None
+    True
+    >>> unsupported(get_method("visionzip"))[:60]
+    'visionzip needs the [CLS] attention of the vision tower, whi'
+    """
+    name = getattr(method, "name", method)
+    if getattr(method, "needs_cls_attention", False):
+        return (f"{name} needs the [CLS] attention of the vision tower, which InternVL does not have: "
+                "its [CLS] token is dropped before the pixel shuffle, so no [CLS] query scores the 256 "
+                "merged tokens of a tile")
+    if getattr(method, "needs_instruction", False) and getattr(method, "text_tower", "absent") is None:
+        return (f"{name} needs a CLIP text tower for the instruction relevance, and InternVL has no CLIP "
+                f"(InternViT is not aligned with a text encoder): pass method=get_method({name!r}, "
+                "text_tower=...) explicitly, whose image side maps InternVL's pixel-shuffled features")
+    return None
+
+
 def attach(model, budget: Any, *, config: D2PrunerConfig | None = None, prior: Any = None, method: Any = None,
            backend: str = "fast", max_tiles: int = 12, prune_layer: int | None = None) -> InternVLHandle:
     """Prune the visual tokens of an InternVL model at decoder layer ``config.prune_layer``.
@@ -115,14 +136,9 @@ def attach(model, budget: Any, *, config: D2PrunerConfig | None = None, prior: A
         raise ValueError(f"internvl.attach expects an InternVLForConditionalGeneration, got {type(model).__name__}")
     config = config or D2PrunerConfig()
     method, layer = resolve_method(method, config, backend, prune_layer)
-    if getattr(method, "needs_cls_attention", False):
-        raise ValueError(f"{method.name} needs the [CLS] attention of the vision tower, which InternVL does not have: "
-                         "its [CLS] token is dropped before the pixel shuffle, so no [CLS] query scores the 256 "
-                         "merged tokens of a tile")
-    if getattr(method, "needs_instruction", False) and getattr(method, "text_tower", "absent") is None:
-        raise ValueError(f"{method.name} needs a CLIP text tower for the instruction relevance, and InternVL has no CLIP "
-                         f"(InternViT is not aligned with a text encoder): pass method=get_method({method.name!r}, "
-                         "text_tower=...) explicitly, whose image side maps InternVL's pixel-shuffled features")
+    why = unsupported(method)
+    if why is not None:
+        raise ValueError(why)
     inner = model.model if isinstance(model, InternVLForConditionalGeneration) else model
     vision = VisionCapture(inner.vision_tower, inner.multi_modal_projector) if getattr(method, "needs_vision", False) else None
     side = tile_side(model)

@@ -18,6 +18,18 @@ IMAGE_TOKEN = 127
 PAD_TOKEN = 0
 
 
+def _seeded(seed: int):
+    """Weights drawn from ``seed`` without touching the caller's global random state."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def scope():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    return scope()
+
+
 def _text_config(attn_implementation: str):
     from transformers import LlamaConfig
 
@@ -38,8 +50,8 @@ def tiny_llava(seed: int = 0, attn_implementation: str = "sdpa", dtype: torch.dt
     config = LlavaConfig(vision_config=vision, text_config=_text_config(attn_implementation), image_token_id=IMAGE_TOKEN,
                          vision_feature_layer=-2, vision_feature_select_strategy="default",
                          attn_implementation=attn_implementation)
-    torch.manual_seed(seed)
-    return LlavaForConditionalGeneration(config).to(dtype).eval()
+    with _seeded(seed):
+        return LlavaForConditionalGeneration(config).to(dtype).eval()
 
 
 def tiny_internvl(seed: int = 0, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
@@ -51,8 +63,8 @@ def tiny_internvl(seed: int = 0, attn_implementation: str = "sdpa", dtype: torch
                                   num_attention_heads=2)
     config = InternVLConfig(vision_config=vision, text_config=_text_config(attn_implementation), image_token_id=IMAGE_TOKEN,
                             downsample_ratio=0.5, attn_implementation=attn_implementation)
-    torch.manual_seed(seed)
-    return InternVLForConditionalGeneration(config).to(dtype).eval()
+    with _seeded(seed):
+        return InternVLForConditionalGeneration(config).to(dtype).eval()
 
 
 class CharTokenizer:
@@ -84,8 +96,8 @@ def tiny_clip_text_tower(vision_width: int = 32, seed: int = 0, context: int = 1
     config = CLIPTextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                             num_attention_heads=2, max_position_embeddings=context, projection_dim=16,
                             bos_token_id=1, eos_token_id=vocab - 1, pad_token_id=0)
-    torch.manual_seed(seed)
-    text = CLIPTextModelWithProjection(config).eval()
-    norm = torch.nn.LayerNorm(vision_width)
-    projection = torch.nn.Linear(vision_width, 16, bias=False)
+    with _seeded(seed):
+        text = CLIPTextModelWithProjection(config).eval()
+        norm = torch.nn.LayerNorm(vision_width)
+        projection = torch.nn.Linear(vision_width, 16, bias=False)
     return CLIPTextTower(text, CharTokenizer(vocab), norm, projection, model_id="tiny")
