@@ -66,6 +66,15 @@ def _unit(features: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(features.to(dtype), dim=-1, eps=NORM_EPS)  # (B, N, D)
 
 
+def _cosine(features: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities (B, N, N), exactly symmetric: a matmul rounds ``cos(i, j)`` and ``cos(j, i)``
+    differently at times, and which of a mutual-nearest pair wins a tie would then depend on the
+    kernel (so on the batch); averaging with the transpose makes the two entries bitwise equal."""
+    unit = _unit(features)  # (B, N, D)
+    sim = torch.bmm(unit, unit.transpose(1, 2))  # (B, N, N)
+    return (sim + sim.transpose(1, 2)) / 2
+
+
 def random_selection(n_tokens: int, n_keep: Sequence[int], seed: int, device: str | torch.device = "cpu") -> torch.Tensor:
     """``n_keep[b]`` tokens of ``n_tokens`` uniformly without replacement; reproducible from ``seed``.
 
@@ -104,8 +113,7 @@ def divprune_order(features: torch.Tensor, k: int) -> torch.Tensor:
     [[0, 3]]
     """
     b, n, _ = features.shape
-    unit = _unit(features)
-    dist = 1.0 - torch.bmm(unit, unit.transpose(1, 2))  # (B, N, N)
+    dist = 1.0 - _cosine(features)  # (B, N, N)
     eye = torch.eye(n, dtype=torch.bool, device=features.device)
     nearest = dist.masked_fill(eye, float("inf")).min(dim=2).values if n > 1 else torch.zeros(b, 1, device=features.device)
     first = _first_max(nearest)  # (B,)
@@ -141,8 +149,7 @@ def mmr_order(importance: torch.Tensor, features: torch.Tensor, k: int, lam: flo
     """
     b, n = importance.shape
     imp = _minmax(importance.to(torch.float64))  # (B, N)
-    unit = _unit(features)
-    sim = torch.bmm(unit, unit.transpose(1, 2)).to(torch.float64)  # (B, N, N)
+    sim = _cosine(features).to(torch.float64)  # (B, N, N)
     first = _first_max(imp)
     chosen = [first]
     taken = torch.zeros(b, n, dtype=torch.bool, device=imp.device).scatter_(1, first[:, None], True)
@@ -174,8 +181,7 @@ def cdpruner_order(features: torch.Tensor, relevance: torch.Tensor, k: int) -> t
     """
     b, n, _ = features.shape
     q = _minmax(relevance.to(torch.float64))  # (B, N)
-    unit = _unit(features).to(torch.float64)
-    kernel = q[:, :, None] * torch.bmm(unit, unit.transpose(1, 2)) * q[:, None, :]  # (B, N, N)
+    kernel = q[:, :, None] * _cosine(features.to(torch.float64)) * q[:, None, :]  # (B, N, N)
     residual = kernel.diagonal(dim1=1, dim2=2).clone()  # (B, N): d_i^2
     factors = torch.zeros(b, k, n, dtype=torch.float64, device=features.device)  # rows of the Cholesky factor
     taken = torch.zeros(b, n, dtype=torch.bool, device=features.device)

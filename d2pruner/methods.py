@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from d2pruner import baselines
-from d2pruner.spec import D2PrunerConfig, Role, Selection
+from d2pruner.spec import D2PrunerConfig, Role, Selection, round_half_up
 
 __all__ = ["METHODS", "CDPrunerMethod", "DARTMethod", "DivPruneMethod", "FastVMethod", "MMRMethod", "PyramidDropMethod", "RandomMethod",
            "SparseVLMMethod", "VisionZipMethod", "get_method"]
@@ -52,15 +52,25 @@ class FastVMethod:
 
 @dataclasses.dataclass(frozen=True)
 class RandomMethod:
-    """Uniform sampling without replacement; an item's choice depends only on ``seed``, N and its budget."""
+    """Uniform sampling without replacement, drawn from ``seed`` and the item's prompt: an item's choice
+    depends only on ``seed``, its token ids (:attr:`~d2pruner.models.hooks.ItemInputs.token_key`), N and
+    its budget -- reproducible, the same alone or in any batch and at any pruning point, and different
+    from one question to the next (so a benchmark is not pruned with one fixed mask)."""
 
     seed: int = 0
     name: str = "random"
     default_layer: int = 0
     needs_attention: bool = False
+    needs_token_key: bool = True
+
+    def item_seed(self, item) -> int:
+        """The seed of one item's draw: ``seed`` mixed with the item's token key (``seed`` alone without one)."""
+        key = getattr(item, "token_key", None)
+        return int(self.seed) if key is None else (int(self.seed) * 0x9E3779B1 + int(key)) % 2**63
 
     def select(self, items, n_keep: Sequence[int]) -> list[Selection]:
-        return [_kept(baselines.random_selection(len(it.layout), [k], self.seed)[0]) for it, k in zip(items, n_keep)]
+        return [_kept(baselines.random_selection(len(it.layout), [k], self.item_seed(it))[0])
+                for it, k in zip(items, n_keep)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +107,9 @@ class MMRMethod:
 
 @dataclasses.dataclass(frozen=True)
 class DARTMethod:
-    """DART (EMNLP'25) at layer K = 2: pivots by L1 norm of the layer's keys, then duplication-based
-    picks (:func:`d2pruner.baselines.dart_selection`)."""
+    """DART (EMNLP'25) at layer K = 2: pivots by the L1 norm of layer K-1's keys (4 visual tokens and 4
+    of the text tokens after the image), then duplication-based picks on the hidden states entering
+    layer K after the final norm (:func:`d2pruner.baselines.dart_selection`)."""
 
     image_pivots: int = 4
     text_pivots: int = 4
@@ -112,7 +123,8 @@ class DARTMethod:
         for it, k in zip(items, n_keep):
             if it.key_norms is None:
                 raise ValueError("dart needs the pruning layer's key norms; attach it through the model hooks")
-            kept, _ = baselines.dart_selection(it.features, it.key_norms, k, it.text_features, it.text_key_norms,
+            feats = it.features if it.normed_features is None else it.normed_features
+            kept, _ = baselines.dart_selection(feats, it.key_norms, k, it.text_features, it.text_key_norms,
                                                self.image_pivots, self.text_pivots)
             out.append(Selection(np.array(kept, np.int64), np.full(len(kept), int(Role.KEPT), np.int8)))
         return out
@@ -122,11 +134,14 @@ class DARTMethod:
 class PyramidDropMethod:
     """PyramidDrop (CVPR'25): three stages at 1/4, 1/2 and 3/4 of the depth (layers 8/16/24 of 32),
     each keeping the top of the last token's attention among the remaining visual tokens, the count
-    shrinking by ``lam`` = 0.5 from stage to stage.
+    shrinking by ``lam`` = 0.5 from stage to stage. As in the public code, a stage layer scores with
+    its *own* queries and keys on its input (the sequence the previous stage left; softmax over the
+    whole causal row, mean over heads) and the cut is made at that input.
 
-    Budget (our equivalent-token rule): the visual tokens *averaged over the layers* equal the budget;
-    the first stage's count follows, ``n1 = (B*L - s1*N) / ((s2-s1) + lam*(s3-s2) + lam^2*(L-s3))``,
-    then ``n2 = max(1, round(lam*n1))``, ``n3 = max(1, round(lam*n2))``. The first 1/4 of the layers see all N tokens,
+    Budget (our equivalent-token rule): the visual tokens *averaged over the layers* equal the budget
+    to within one token (rounding); the first stage's count follows,
+    ``n1 = (B*L - s1*N) / ((s2-s1) + lam*(s3-s2) + lam^2*(L-s3))``, then ``n2 = max(1, round(lam*n1))``,
+    ``n3 = max(1, round(lam*n2))``, halves rounded up. The first 1/4 of the layers see all N tokens,
     so budgets below N/4 (e.g. 128 or 64 of 576) cannot be met and raise.
 
     >>> PyramidDropMethod().stage_budgets(576, 192, 32)
@@ -136,6 +151,7 @@ class PyramidDropMethod:
     lam: float = 0.5
     name: str = "pyramiddrop"
     needs_attention: bool = True
+    scores_at_stage_layer: bool = True
     default_layer: int | None = None
 
     def stage_layers(self, n_layers: int) -> list[int]:
@@ -148,9 +164,9 @@ class PyramidDropMethod:
         s1, s2, s3 = self.stage_layers(n_layers)
         lam = self.lam
         n1 = (n_keep * n_layers - s1 * n_visual) / ((s2 - s1) + lam * (s3 - s2) + lam * lam * (n_layers - s3))
-        counts = [round(n1)]
-        counts += [max(1, round(lam * counts[-1]))]
-        counts += [max(1, round(lam * counts[-1]))]
+        counts = [round_half_up(n1)]
+        counts += [max(1, round_half_up(lam * counts[-1]))]
+        counts += [max(1, round_half_up(lam * counts[-1]))]
         if counts[0] < 1 or counts[0] > n_visual:
             low = -(-(s1 * n_visual + (n_layers - s1)) // n_layers)
             high = n_visual
@@ -260,18 +276,19 @@ class SparseVLMMethod(PyramidDropMethod):
     at ``p_j + 1`` (layers 1, 2, 3 of a 4-layer model).
 
     Budget (our equivalent-token rule, shared with PyramidDrop): the visual tokens averaged over the
-    layers equal the budget, with counts ``n1``, ``round(lam n1)``, ``round(lam^2 n1)`` after the three
+    layers equal the budget (within one token), with counts ``n1``, ``round(lam n1)``, ``round(lam n2)`` after the three
     stages (``lam`` = 0.5) and ``n1`` solved from the average; budgets the first ``p_1 + 1`` full layers
     make unreachable raise.
 
     >>> SparseVLMMethod().stage_layers(32), SparseVLMMethod().stage_budgets(576, 192, 32)
-    ([3, 7, 16], [353, 176, 88])
+    ([3, 7, 16], [353, 177, 89])
     """
 
     lam: float = 0.5
     name: str = "sparsevlm"
     needs_attention: bool = False
     needs_rater_attention: bool = True
+    scores_at_stage_layer: bool = False  # the layer before each cut, whose output the cut acts on
     default_layer: int | None = None
 
     def stage_layers(self, n_layers: int) -> list[int]:

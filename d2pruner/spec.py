@@ -268,6 +268,16 @@ def exact_ratio(ratio: float) -> Fraction:
     return Fraction(repr(float(ratio)))
 
 
+def round_half_up(x: float) -> int:
+    """``x`` rounded to the nearest integer, halves up: the package's one rounding of counts (Python's
+    ``round`` sends halves to the even neighbour).
+
+    >>> round_half_up(176.5), round_half_up(2.5), round_half_up(2.4999)
+    (177, 3, 2)
+    """
+    return int(np.floor(x + 0.5))
+
+
 def resolve_budget(budget: int | float, n_tokens: int, item: int = 0) -> int:
     """Turn a budget into a token count ``n_keep`` for an item with ``n_tokens`` visual tokens.
 

@@ -68,6 +68,30 @@ def parse_budget(value: Any) -> int | float | None:
         raise ValueError(f"budget {value!r} is neither a token count ('64') nor a percentage ('10%')") from None
 
 
+def process_device(device: str | None) -> str:
+    """The device of this process: ``cuda`` (default when available) becomes ``cuda:LOCAL_RANK`` when
+    several processes share the machine (``accelerate launch`` / ``torchrun``: one GPU per process).
+
+    >>> process_device("cpu")
+    'cpu'
+    """
+    if device is None or device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device) == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return str(device)
+
+
+def run_fingerprint(*, pretrained: str, revision: str | None, method: str | None, budget: Any, config: str,
+                    dtype: str, prior: str | None, max_tiles: int, max_new_tokens_cap: int | None) -> dict:
+    """What identifies a run's answers: the answer cache refuses a file of another fingerprint, and a cell
+    record of another fingerprint is computed again."""
+    return {"pretrained": pretrained, "revision": revision, "method": method,
+            "budget": budget if method else None, "config": config, "dtype": dtype,
+            "prior_sha256": file_sha256(prior) if prior else None, "max_tiles": int(max_tiles),
+            "max_new_tokens_cap": max_new_tokens_cap}
+
+
 class SampleCache:
     """Answers of one (model, method, budget) run, one JSON line per sample, appended and synced per batch.
 
@@ -207,10 +231,7 @@ def _make_class():
             unknown = {k: v for k, v in unknown.items() if v is not None}
             if unknown:
                 raise ValueError(f"unknown model_args {sorted(unknown)} for the d2pruner adapter")
-            if device is None or device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            if str(device).startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-                device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # accelerate launch: one GPU per process
+            device = process_device(device)
             self.method = None if str(method).lower() in ("none", "vanilla", "") else str(method)
             self.budget = parse_budget(budget)
             if self.method is not None and self.budget is None:
@@ -232,10 +253,9 @@ def _make_class():
                 self.model, self.processor, self.family = load(
                     pretrained, revision=revision, dtype=dtype, device=device,
                     attn_implementation=attn_implementation, max_tiles=self.max_tiles)
-            self.fingerprint = {"pretrained": pretrained, "revision": revision, "method": self.method,
-                                "budget": budget if self.method else None, "config": config, "dtype": dtype,
-                                "prior_sha256": file_sha256(prior) if prior else None, "max_tiles": self.max_tiles,
-                                "max_new_tokens_cap": self.max_new_tokens_cap}
+            self.fingerprint = run_fingerprint(pretrained=pretrained, revision=revision, method=self.method,
+                                               budget=budget, config=config, dtype=dtype, prior=prior,
+                                               max_tiles=self.max_tiles, max_new_tokens_cap=self.max_new_tokens_cap)
             self.cache_path = pathlib.Path(cache) if cache else None
             self._cache: SampleCache | None = None
             if self.cache_path is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
@@ -288,20 +308,35 @@ def _make_class():
                 return get_method("cdpruner", text_tower=tiny.tiny_clip_text_tower(vision_width=width))
             return self.method
 
+        def _eos_ids(self) -> list[int] | None:
+            """End-of-answer ids: the checkpoint's own, and for InternVL-2.5 its chat turn's end ``<|im_end|>``
+            whatever its generation config says (the answer ends with the assistant's turn)."""
+            if self.family != "internvl":
+                return None
+            own = self.model.generation_config.eos_token_id
+            ids = [] if own is None else [own] if isinstance(own, int) else list(own)
+            end = self.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+            if isinstance(end, int) and end != self.processor.tokenizer.unk_token_id:
+                ids.append(end)
+            return sorted(set(ids)) or None
+
         def generate_until(self, requests) -> list[str]:
             from d2pruner.models.internvl import tile_grid
             from d2pruner.models.loading import build_batch
 
             answers: list[str | None] = [None] * len(requests)
             cache = self.cache
-            pending = []
+            pending, first, copies = [], {}, []
             for i, request in enumerate(requests):
                 context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
                 key = sample_key(task, split, doc_id, context, gen_kwargs)
                 hit = cache.get(key) if cache is not None else None
                 if hit is not None:
                     answers[i] = hit["answer"]
+                elif key in first:  # the same request twice (lmms-eval pads a short shard with copies): answer once
+                    copies.append((i, first[key]))
                 else:
+                    first[key] = i
                     pending.append((i, key, request))
             handle = self._attach()
             bar = tqdm(total=len(pending), desc=f"{self.method or 'unpruned'}", disable=self.rank != 0)
@@ -321,6 +356,8 @@ def _make_class():
                 bar.close()
                 if handle is not None:
                     handle.remove()
+            for i, j in copies:
+                answers[i] = answers[j]
             return answers
 
         def _generate(self, group, handle, build_batch, tile_grid) -> list[dict]:
@@ -345,10 +382,11 @@ def _make_class():
                 handle.set_tile_grids([tile_grid((im.height, im.width), self.max_tiles, tile_pixels=tile_pixels(self.processor))
                                        for im in images])
             tokenizer = self.processor.tokenizer
+            eos = self._eos_ids()  # passed only when set: eos_token_id=None would switch the checkpoint's own off
             with torch.inference_mode():
                 out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                           stop_strings=[s for s in until if s] or None, tokenizer=tokenizer,
-                                          pad_token_id=tokenizer.pad_token_id,
+                                          pad_token_id=tokenizer.pad_token_id, **({"eos_token_id": eos} if eos else {}),
                                           suppress_tokens=[int(self.model.config.image_token_id)])  # never a valid answer
             new = out[:, inputs["input_ids"].shape[1]:]
             texts = tokenizer.batch_decode(new, skip_special_tokens=True)

@@ -282,11 +282,25 @@ def write_json_atomic(path: pathlib.Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def answers_digest(path: pathlib.Path) -> tuple[str, int, float | None]:
-    """SHA-256 (12 hex) of the sorted (key, answer) pairs, their count, and the mean visual tokens kept."""
-    files = sorted(path.parent.glob(path.stem + "*" + path.suffix))  # one per rank under accelerate launch
-    lines = [line for f in files for line in f.read_text(encoding="utf-8").splitlines()[1:]]
-    records = sorted((json.loads(line) for line in lines), key=lambda r: r["key"])
+def answer_files(path: pathlib.Path, world_size: int = 1) -> list[pathlib.Path]:
+    """The answer files of a cell for ``world_size`` processes (one per rank when several share the run)."""
+    if world_size == 1:
+        return [path] if path.exists() else []
+    return [path.with_name(f"{path.stem}.rank{r}-of-{world_size}{path.suffix}") for r in range(world_size)
+            if path.with_name(f"{path.stem}.rank{r}-of-{world_size}{path.suffix}").exists()]
+
+
+def answers_digest(path: pathlib.Path, limit: int | None = None, world_size: int = 1) -> tuple[str, int, float | None]:
+    """SHA-256 (12 hex) of the sorted (key, answer) pairs of the samples this evaluation scored, their
+    count, and the mean visual tokens kept.
+
+    Only this process count's answer files are read, each sample once, and with ``limit`` only the
+    first ``limit`` documents (those lmms-eval evaluates): answers left in the cache by a longer or
+    differently sharded run of the same configuration are not counted.
+    """
+    lines = [line for f in answer_files(path, world_size) for line in f.read_text(encoding="utf-8").splitlines()[1:]]
+    unique = {r["key"]: r for r in map(json.loads, lines) if limit is None or r["doc_id"] < limit}
+    records = sorted(unique.values(), key=lambda r: r["key"])
     digest = hashlib.sha256(json.dumps([[r["key"], r["answer"]] for r in records]).encode()).hexdigest()[:12]
     kept = [r["visual_tokens"][1] for r in records if "visual_tokens" in r]
     return digest, len(records), (round(sum(kept) / len(kept), 2) if kept else None)
@@ -304,22 +318,39 @@ def launcher() -> str:
 
 def run_cell(*, spec: dict, row: Row, col: dict, out: pathlib.Path, adapter_kwargs: dict, limit: int | None,
              include_path: pathlib.Path, env: dict, provenance: dict) -> dict:
-    """Run one (row, column) cell through lmms-eval unless its record exists; return the record."""
-    from reproduce import tasks
+    """Run one (row, column) cell through lmms-eval unless a record of the same cell exists; return the record.
+
+    A record is reused only when its ``cell`` fingerprint (spec version, task, metric, limit, process
+    count and the run's fingerprint: checkpoint, revision, method, budget, configuration, dtype, prior
+    hash, tile limit) equals this one's; otherwise the cell is evaluated again, reusing every cached
+    answer of the same run.
+    """
+    from reproduce import adapter, tasks
 
     cell_dir = out / "cells" / slug(row.label)
     record_path = cell_dir / f"{slug(col['benchmark'])}.json"
+    task = tasks.task_name(col["task"])
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    method, budget = row.key or "none", row.budget if row.key else None
+    cell = {"spec_version": spec["spec_version"], "task": task, "metric": col["metric"], "limit": limit,
+            "world_size": world_size,
+            "run": adapter.run_fingerprint(
+                pretrained=adapter_kwargs["pretrained"], revision=adapter_kwargs["revision"], method=row.key,
+                budget=budget, config=adapter_kwargs["config"], dtype=adapter_kwargs["dtype"],
+                prior=adapter_kwargs["prior"], max_tiles=adapter_kwargs["max_tiles"],
+                max_new_tokens_cap=adapter_kwargs["max_new_tokens_cap"])}
     if record_path.exists():
-        return json.loads(record_path.read_text())
+        record = json.loads(record_path.read_text())
+        if record.get("cell") == json.loads(json.dumps(cell)):
+            return record
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"{record_path}: recorded for another configuration ({record.get('cell')}); evaluating again",
+                  file=sys.stderr)
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
-    from reproduce.adapter import adapter_class
-
-    task = tasks.task_name(col["task"])
     cache = cell_dir / f"{slug(col['benchmark'])}.answers.jsonl"
-    lm = adapter_class()(method=row.key or "none", budget=row.budget if row.key else None, cache=str(cache),
-                         **adapter_kwargs)
+    lm = adapter.adapter_class()(method=method, budget=budget, cache=str(cache), **adapter_kwargs)
     started = time.time()
     results = simple_evaluate(model=lm, tasks=[task], limit=limit, task_manager=TaskManager(
         include_path=str(include_path), include_defaults=False), random_seed=SEED, numpy_random_seed=SEED,
@@ -328,8 +359,8 @@ def run_cell(*, spec: dict, row: Row, col: dict, out: pathlib.Path, adapter_kwar
     if results is None:  # a non-zero rank under accelerate: rank 0 writes the record
         return {}
     raw = metric_value(results, task, col["metric"])
-    digest, n, kept = answers_digest(cache)
-    record = {"table": spec["table"], "spec_version": spec["spec_version"], "method": row.method,
+    digest, n, kept = answers_digest(cache, limit, world_size)
+    record = {"table": spec["table"], "spec_version": spec["spec_version"], "cell": cell, "method": row.method,
               "budget": row.budget, "benchmark": col["benchmark"], "task": task, "stock_task": col["task"],
               "metric": col["metric"], "value": round(raw * col["scale"], 4), "raw_value": raw,
               "n_samples": n, "limit": limit, "answers_sha256": digest, "mean_visual_tokens_kept": kept,
@@ -368,6 +399,21 @@ def derived_values(spec: dict, values: dict[str, float | None], vanilla: dict[st
             ref = (vanilla or {}).get(col["of"])
             out[col["benchmark"]] = None if mine is None or not ref else 100.0 * mine / ref
     return out
+
+
+def flops_note(spec: dict) -> str:
+    """What the table's FLOPs column counts.
+
+    >>> flops_note(load_spec("table3"))
+    'Prefill TFLOPs: the full-size OpenGVLab/InternVL2_5-8B-MPO-hf with 64 text tokens and 1792 visual tokens before pruning (6 tiles + thumbnail; a real image has 256 to 3328), exact counting convention (reproduce.efficiency).'
+    """
+    from reproduce.efficiency import ROW_TEXT_TOKENS, ROW_VISUAL_TOKENS
+
+    model_id = spec["model"]["id"]
+    n = ROW_VISUAL_TOKENS.get(model_id)
+    tiles = " (6 tiles + thumbnail; a real image has 256 to 3328)" if spec["model"]["family"] == "internvl" else ""
+    return (f"Prefill TFLOPs: the full-size {model_id} with {ROW_TEXT_TOKENS} text tokens and {n} visual tokens "
+            f"before pruning{tiles}, exact counting convention (reproduce.efficiency).")
 
 
 def row_flops(spec: dict, row: Row) -> str:
@@ -501,7 +547,12 @@ def main(table: str, argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from reproduce import adapter, tasks
+
+    device = adapter.process_device(args.device)  # cuda:LOCAL_RANK when several processes share the run
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(torch.device(device))
+    rank = int(os.environ.get("RANK", "0"))
     mspec = spec["model"]
     out = args.out or ROOT / "results" / (table + ("-smoke" if args.smoke else ""))
     if args.smoke:
@@ -517,16 +568,16 @@ def main(table: str, argv: list[str] | None = None) -> int:
         except MissingInputs as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-    from reproduce import adapter, tasks
-
     out.mkdir(parents=True, exist_ok=True)
     model = adapter.load(model_id, revision=revision, dtype=dtype, device=device,
                          attn_implementation=mspec["attn_implementation"], max_tiles=max_tiles)
-    if args.smoke:
-        include_path = tasks.write_smoke_tasks([c["task"] for c in columns], out / "smoke-data", n=limit)
+    if args.smoke:  # every process writes its own copy (identical), so none reads a file another is writing
+        include_path = tasks.write_smoke_tasks([c["task"] for c in columns], out / "smoke-data" / f"rank{rank}", n=limit)
         prior = out / "prior.json"
         if any(r.key in NEEDS_PRIOR for r in rows) and not prior.exists():
-            smoke_prior(model[0], model[1], model[2], prior, max_tiles)
+            mine = out / f"prior.rank{rank}.json"
+            smoke_prior(model[0], model[1], model[2], mine, max_tiles)
+            os.replace(mine, prior)
     else:
         include_path = tasks.TASK_DIR
     batch = args.batch_size or (8 if device.startswith("cuda") else 2)
@@ -541,7 +592,7 @@ def main(table: str, argv: list[str] | None = None) -> int:
                   "max_new_tokens_cap": adapter_kwargs["max_new_tokens_cap"],
                   "command": "python -m reproduce " + " ".join([table, *(argv or [])])}
     records: dict = {}
-    rank0 = int(os.environ.get("RANK", "0")) == 0
+    rank0 = rank == 0
     for row in rows:
         for col in columns:
             record = run_cell(spec=spec, row=row, col=col, out=out, adapter_kwargs=adapter_kwargs, limit=limit,
@@ -556,7 +607,8 @@ def main(table: str, argv: list[str] | None = None) -> int:
     lines = build_table(spec, rows, skipped, records)
     header = (f"## {table}{' (smoke: tiny random model, tiny local data — not the paper numbers)' if args.smoke else ''}"
               f"\n\n{spec['caption']}. Spec v{spec['spec_version']}; model {model_id}; "
-              f"{'limit ' + str(limit) + ' samples per benchmark' if limit else 'full benchmarks'}.")
+              f"{'limit ' + str(limit) + ' samples per benchmark' if limit else 'full benchmarks'}."
+              f"\n\n{flops_note(spec)}")
     (out / "table.csv").write_text(table_csv(lines), encoding="utf-8")
     md = table_markdown(spec, lines, header)
     (out / "table.md").write_text(md, encoding="utf-8")

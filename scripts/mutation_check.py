@@ -25,6 +25,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 QUICK_CORE = ["tests/test_examples.py", "tests/test_spec.py", "tests/test_errors.py", "tests/test_baselines.py",
               "tests/test_properties.py"]
 QUICK_MODELS = ["tests/test_pre_llm_methods.py", "tests/test_sparsevlm.py", "tests/test_models.py", "tests/test_methods.py"]
+QUICK_REPRODUCE = ["tests/test_reproduce_run.py",
+                   "tests/test_reproduce_smoke.py::test_a_record_of_another_configuration_is_evaluated_again",
+                   "tests/test_reproduce_smoke.py::test_two_processes_shard_the_samples_and_give_the_same_table"]
 
 #: name -> (file, text, replacement); the text must occur in the file (every occurrence is replaced)
 MUTANTS = {
@@ -108,6 +111,16 @@ MUTANTS = {
         "candidates = dropped.flip(0)[:_candidates(len(dropped))]"),
     "hooks: a decoded image-token id taken for an image": (
         "d2pruner/models/hooks.py", "if input_ids is not None and not decoding else None", "if input_ids is not None else None"),
+    "hooks: DART text pivots from every non-visual token (BOS, system prompt)": (
+        "d2pruner/models/hooks.py", "text = cur_valid[i] & (cur_index[i] > pos.max())", "text = cur_valid[i] & (cur_ord < 0)"),
+    "methods: PyramidDrop scores with the layer before each stage": (
+        "d2pruner/methods.py", "    scores_at_stage_layer: bool = True\n", "    scores_at_stage_layer: bool = False\n"),
+    "adapter: a padded duplicate request answered twice": (
+        "reproduce/adapter.py", "elif key in first:", "elif False:"),
+    "run: a record of another configuration reused": (
+        "reproduce/run.py", 'if record.get("cell") == json.loads(json.dumps(cell)):', "if True:"),
+    "run: answers beyond --limit counted": (
+        "reproduce/run.py", 'if limit is None or r["doc_id"] < limit}', "if True}"),
     "hooks: rater rows ignore the attention mask": (
         "d2pruner/models/hooks.py",
         "        rows = attention_mask[:, :, queries, :]  # (1, 1, Q, L)\n        scores = scores.masked_fill(~rows, float(\"-inf\")) if rows.dtype == torch.bool else scores + rows.float()",
@@ -126,7 +139,8 @@ def run_mutant(name: str, path: str, old: str, new: str) -> tuple[bool, str]:
         target.write_text(text.replace(old, new))
         env = {**os.environ, "HYPOTHESIS_PROFILE": "dev", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(dst)}
         # The tests most likely to notice first (seconds), then, if they all pass, the whole suite.
-        quick = QUICK_MODELS if path.startswith("d2pruner/models/") or path == "d2pruner/methods.py" else QUICK_CORE
+        quick = (QUICK_MODELS if path.startswith("d2pruner/models/") or path == "d2pruner/methods.py" else
+                 QUICK_REPRODUCE if path.startswith("reproduce/") else QUICK_CORE)
         for targets in (quick, []):
             proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "--no-header", "-rf", *targets],
                                   cwd=dst, env=env, capture_output=True, text=True)

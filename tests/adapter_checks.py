@@ -153,6 +153,31 @@ def check_every_method_of_the_tables_answers_through_the_adapter():
     assert kept[0] != kept[1], "CDPruner's kept tokens must depend on the instruction the adapter passes"
 
 
+def check_internvl_answers_end_with_the_chat_turn():
+    """InternVL's generation stops at ``<|im_end|>`` as well as at the checkpoint's own end id, also where
+    its generation config names none; LLaVA keeps the checkpoint's own."""
+    lm = model("internvl")
+    end = lm.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert lm._eos_ids() == sorted({end, lm.model.generation_config.eos_token_id}), lm._eos_ids()
+    assert model("llava")._eos_ids() is None
+    lm.model.generation_config.eos_token_id = None
+    calls = []
+    original = lm.model.generate
+
+    def spy(**kwargs):
+        calls.append(kwargs.get("eos_token_id"))
+        return original(**kwargs)
+    lm.model.generate = spy
+    lm.generate_until(requests(3, {"until": [], "max_new_tokens": 8}))
+    assert calls and all(c == [end] for c in calls), calls
+    llava = model("llava")  # LLaVA's generate is left its checkpoint's own end id (no eos_token_id=None passed)
+    seen = []
+    plain = llava.model.generate
+    llava.model.generate = lambda **kw: seen.append("eos_token_id" in kw) or plain(**kw)
+    llava.generate_until(requests(2, {"until": [], "max_new_tokens": 4}))
+    assert seen and not any(seen), seen
+
+
 def _build():
     from d2pruner.models.internvl import tile_grid
     from d2pruner.models.loading import build_batch

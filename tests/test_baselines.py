@@ -33,7 +33,17 @@ def cosine(f):
     return u @ u.T
 
 
+def _normal_case(seed):
+    """A batch whose mutual-nearest pairs a plain matmul rounded asymmetrically, so that DivPrune's first
+    pick differed batched and alone (found by Hypothesis; fixed by an exactly symmetric cosine)."""
+    rng = np.random.default_rng(seed)
+    b, n, d = rng.integers(2, 4), rng.integers(2, 25), rng.integers(1, 6)
+    return torch.tensor(rng.normal(size=(b, n, d))), torch.tensor(rng.random((b, n))), [1] * int(b)
+
+
 @given(batch())
+@example(_normal_case(226))
+@example(_normal_case(275))
 def test_budgets_and_batch_invariance(data):
     feats, scores, n_keep = data
     n = feats.shape[1]
@@ -128,6 +138,14 @@ def test_random_is_reproducible_and_uniform():
     expected = 2000 * 10 / 50
     chi2 = ((counts - expected) ** 2 / expected).sum()
     assert chi2 < 100, f"inclusion counts far from uniform (chi2={chi2:.1f}, 49 dof)"
+    # whole subsets, not just inclusions (a random window would pass the test above): 3 of 6 -> 20 subsets
+    from itertools import combinations
+
+    subsets = {c: 0 for c in combinations(range(6), 3)}
+    for seed in range(4000):
+        subsets[tuple(random_selection(6, [3], seed=seed)[0].tolist())] += 1
+    chi2 = sum((c - 200) ** 2 / 200 for c in subsets.values())
+    assert chi2 < 50, f"3-of-6 subsets far from uniform (chi2={chi2:.1f}, 19 dof; p < 1e-4 above 50)"
 
 
 def test_cdpruner_after_the_kernel_rank_is_exhausted():

@@ -53,6 +53,28 @@ def test_method_generates_with_exact_budgets(family, name):
     assert handle.prune_layer == get_method(name).default_layer
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name", ["fastv", "divprune", "dart", "mmr-d2score", "random", "pyramiddrop"])
+def test_a_batch_keeps_what_each_item_keeps_alone(family, name):
+    """Left-padded items of different lengths (and tile grids) select as they do alone. Position ids
+    count real tokens only, as ``generate`` numbers them (DART's key norms are taken after RoPE)."""
+    model = family_model(family)
+    spec, budgets = [(3, 4), (6, 2)], [200, 0.45]
+    batch, items = left_padded_batch(family, spec)
+
+    def positions(b):
+        return {**b, "position_ids": (b["attention_mask"].cumsum(-1) - 1).clamp(min=0)}
+    with torch.no_grad():
+        with attach(family, model, budgets, items.grids, method=name) as handle:
+            model(**positions(batch))
+        together = [s.kept.tolist() for s in handle.stats]
+        for i in range(2):
+            one, alone_items = left_padded_batch(family, [spec[i]], item_offset=i)
+            with attach(family, model, budgets[i], alone_items.grids, method=name) as alone:
+                model(**positions(one))
+            assert alone.stats[0].kept.tolist() == together[i], (family, name, i)
+
+
 #: Methods with more than one published pruning point: the points beside ``default_layer``.
 OTHER_POINTS = {"random": (2,)}  # Random is compared both before the LLM and inside it (layer K = 2)
 
@@ -124,6 +146,42 @@ def test_fastv_in_the_model_keeps_the_top_of_the_attention_row(family):
         assert stats.kept.tolist() == want and stats.counts() == {"pivot": 0, "mis": 0, "topup": 0, "kept": 30}
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dart_in_the_model_reads_layer_k_minus_1_keys_and_the_question(family):
+    """DART's inputs rebuilt from the model's own ``output_hidden_states``: the L1 norms of layer K-1's
+    keys after RoPE, text pivots among the tokens after the image only, cosines of the hidden states
+    entering layer K after the final norm; the kept tokens are DART's rule on them."""
+    from d2pruner.baselines import dart_selection
+
+    model = family_model(family)
+    batch, items = left_padded_batch(family, [(5, 4)])  # one item, no padding: positions 0..L-1
+    k = get_method("dart").default_layer
+    with torch.no_grad():
+        with attach(family, model, 50, items.grids, method="dart") as handle:
+            model(**batch)
+        out = model(**batch, output_hidden_states=True)
+        lm = model.model.language_model
+        h_in, h_k = out.hidden_states[k - 1], out.hidden_states[k]  # inputs of layers K-1 and K
+        pos_ids = torch.arange(h_in.shape[1])[None]
+        cos, sin = lm.rotary_emb(h_in, pos_ids)
+        layer = lm.layers[k - 1]
+        keys = layer.self_attn.k_proj(layer.input_layernorm(h_in)).view(1, h_in.shape[1], -1, layer.self_attn.head_dim)
+        keys = keys.transpose(1, 2)  # (1, nKV, L, hd)
+        half = keys.shape[-1] // 2
+        rot = torch.cat([-keys[..., half:], keys[..., :half]], dim=-1)
+        norms = (keys * cos[:, None] + rot * sin[:, None]).abs().sum(dim=(1, 3))[0]  # (L,)
+        feats = lm.norm(h_k)[0]  # (L, D)
+    pos = (batch["input_ids"][0] == tiny.IMAGE_TOKEN).nonzero()[:, 0]
+    after = torch.arange(int(pos.max()) + 1, batch["input_ids"].shape[1])
+    want, _ = dart_selection(feats[pos], norms[pos], 50, feats[after], norms[after])
+    assert handle.stats[0].kept.tolist() == want
+    # the tokens before the image (BOS, system prompt) never act as text pivots
+    before = torch.arange(int(pos.min()))
+    wrong, _ = dart_selection(feats[pos], norms[pos], 50, feats[torch.cat([before, after])],
+                              norms[torch.cat([before, after])])
+    assert wrong != want, "with the tokens before the image as text pivots DART would keep other tokens"
+
+
 def test_method_errors():
     model = family_model("llava")
     with pytest.raises(ValueError, match="unknown method 'nope'"):
@@ -134,15 +192,20 @@ def test_method_errors():
         llava.attach(model, 10, method=object())
 
 
-def test_random_is_reproducible_inside_the_model():
+def test_random_is_reproducible_inside_the_model_and_varies_with_the_prompt():
     model = family_model("llava")
-    batch, _ = left_padded_batch("llava", [(3, 4)])
+    batch, _ = left_padded_batch("llava", [(3, 4), (3, 4)])  # two prompts of the same length, other tokens
     kept = []
     for seed in (1, 1, 2):
         with torch.no_grad(), llava.attach(model, 20, method=get_method("random", seed=seed)) as handle:
             model(**batch)
-        kept.append(handle.stats[0].kept.tolist())
-    assert kept[0] == kept[1] != kept[2]
+        kept.append([s.kept.tolist() for s in handle.stats])
+    assert kept[0] == kept[1] and kept[0][0] != kept[2][0]
+    assert kept[0][0] != kept[0][1], "two questions must not share one random mask"
+    one, _ = left_padded_batch("llava", [(3, 4)], item_offset=1)
+    with torch.no_grad(), llava.attach(model, 20, method=get_method("random", seed=1)) as handle:
+        model(**one)
+    assert handle.stats[0].kept.tolist() == kept[0][1], "an item draws the same tokens alone as in a batch"
 
 
 @given(n=st.integers(4, 4000), layers=st.integers(4, 64), budget=st.integers(1, 4000))
@@ -188,6 +251,33 @@ def test_pyramiddrop_in_the_model_equals_the_masking_reference(family):
             masked_gen = model.generate(**batch, max_new_tokens=4, do_sample=False)
     torch.testing.assert_close(pruned, masked, atol=1e-5, rtol=0)
     assert torch.equal(pruned_gen, masked_gen)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pyramiddrop_stages_rank_by_the_stage_layers_own_attention(family):
+    """Stage j keeps the top of the last token's attention *in layer s_j itself* (eager
+    ``output_attentions``) over the sequence the earlier stages left, as the public code ranks."""
+    from model_inputs import masked_reference_hooks, stage_dropped
+
+    model = tiny.tiny_llava(attn_implementation="eager") if family == "llava" else tiny.tiny_internvl(attn_implementation="eager")
+    batch, items = left_padded_batch(family, [(3, 4), (6, 2)])
+    with torch.no_grad():
+        with attach(family, model, [200, 0.45], items.grids, method="pyramiddrop") as handle:
+            model(**batch)
+        find = items.find_items(model)
+        dropped = stage_dropped(batch["input_ids"], find, handle.stage_stats)
+        for j, layer in enumerate(handle.stage_layers):
+            if j == 0:
+                att = model(**batch, output_attentions=True).attentions[layer]
+            else:
+                with masked_reference_hooks(model, handle.stage_layers[:j], dropped[:j]):
+                    att = model(**batch, output_attentions=True).attentions[layer]
+            row = att[:, :, -1, :].float().mean(dim=1)  # (B, L): the last token's row in layer s_j, mean over heads
+            for i, (pos, _) in enumerate(find(batch["input_ids"])):
+                before = np.arange(len(pos)) if j == 0 else np.asarray(handle.stage_stats[j - 1][i])
+                scores = row[i, pos[torch.as_tensor(before)]]
+                top = before[torch.topk(scores, len(handle.stage_stats[j][i])).indices.numpy()]
+                assert sorted(top.tolist()) == sorted(handle.stage_stats[j][i].tolist()), (family, j, i)
 
 
 def test_pyramiddrop_refuses_unreachable_budgets():

@@ -447,7 +447,11 @@ def test_mmbench_offline_static_scoring(contract, stock):
     assert _metric(contract, "mixed", stock, "gpt_eval_score,none") == pytest.approx(100 / 3, **EXACT)
     assert contract["api_calls"] == 0
     prompt = _seen(contract, "right", stock)[0]["context"]
-    assert "A. " in prompt and "D. " in prompt
+    lines = prompt.split("\n")
+    assert [ln[:3] for ln in lines[-5:-1]] == ["A. ", "B. ", "C. ", "D. "], prompt  # one option per line
+    assert lines[-1] == {"mmbench_en_dev": "Answer with the option's letter from the given choices directly.",
+                         "mmbench_cn_dev": "请直接回答选项字母。"}[stock]
+    assert "There are several options" not in prompt
 
 
 @pytest.mark.lmms

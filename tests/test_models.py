@@ -263,3 +263,37 @@ def test_tiny_models_are_seeded_without_touching_the_global_random_state():
     assert torch.equal(torch.random.get_rng_state(), state)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(tiny.tiny_llava(seed=4).lm_head.weight, a.lm_head.weight)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_load_model_reads_a_saved_checkpoint_folder_without_torchvision(family, tmp_path):
+    """The real loading path on a checkpoint folder (tiny model and processor saved by transformers):
+    InternVL's processor comes without its video part, whose class needs torchvision, and still files
+    the chat template, ``image_seq_length`` and the tiles; a video processor's config beside it is ignored."""
+    import importlib.util
+
+    from PIL import Image
+
+    from d2pruner.models import loading, tiny_processor
+
+    model = family_model(family)
+    proc = tiny_processor.tiny_processor(family, max_tiles=4)
+    model.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    if family == "internvl":  # as the -hf conversion ships it: transformers' class, a video processor beside
+        import json
+
+        config = json.loads((tmp_path / "processor_config.json").read_text())
+        (tmp_path / "processor_config.json").write_text(json.dumps({**config, "processor_class": "InternVLProcessor"}))
+        (tmp_path / "video_preprocessor_config.json").write_text('{"video_processor_type": "InternVLVideoProcessor"}')
+    loaded, processor, fam = loading.load_model(str(tmp_path), dtype=torch.float32)
+    assert fam == family and processor.tokenizer.padding_side == "left"
+    assert importlib.util.find_spec("torchvision") is None, "this check is about the install without torchvision"
+    image = Image.new("RGB", (90, 60), (200, 30, 30))
+    got = loading.build_inputs(processor, family, image, "Where?", max_tiles=4)
+    want = loading.build_inputs(proc, family, image, "Where?", max_tiles=4)
+    assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(got["pixel_values"], want["pixel_values"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**got).logits, model(**want).logits)
+    with pytest.raises(OSError, match="is not in the local Hugging Face cache"):
+        loading.load_model(str(tmp_path / "absent"))

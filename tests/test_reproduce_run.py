@@ -92,7 +92,11 @@ def test_avg_divides_mme_by_20_and_tolerance_marks_follow_the_spec():
     paper_gqa = run.paper_values(spec)[("D2Pruner", "64", "GQA")]
     assert got["GQA"]["paper"] == f"{paper_gqa:.2f}"
     assert got["GQA"]["within_tolerance"] == ("yes" if abs(62.0 - paper_gqa) <= 1.0 else "no")
-    assert got["prefill TFLOPs"]["reproduced"] == f"{run.row_flops(spec, run.Row('D2Pruner', '64', 'd2pruner'))}"
+    from d2pruner.flops import CONVENTIONS, LMDims, paper_config, prefill_flops
+
+    dims = LMDims.from_config(paper_config(spec["model"]["id"]))  # 576 tokens to layer 2, then 64; 64 text tokens
+    want = prefill_flops(dims, 64, [(0, 576), (2, 64)], CONVENTIONS["exact"]) / 1e12
+    assert got["prefill TFLOPs"]["reproduced"] == f"{want:.2f}"
     table = list(csv.DictReader(io.StringIO(run.table_csv(lines))))
     assert [r["benchmark"] for r in table] == [c["benchmark"] for c in spec["columns"]] + ["prefill TFLOPs"]
 
@@ -111,8 +115,15 @@ def test_metric_value_names_the_reported_keys():
         run.metric_value(results, "d2p_pope", "pope_accuracy")
 
 
-def test_cell_records_are_written_atomically(tmp_path):
+def test_cell_records_are_written_atomically(tmp_path, monkeypatch):
     path = tmp_path / "cells" / "a.json"
     run.write_json_atomic(path, {"value": 1.5})
     assert json.loads(path.read_text()) == {"value": 1.5}
     assert [p.name for p in path.parent.iterdir()] == ["a.json"]
+
+    def killed(*args):  # the process dies after writing the new record, before it replaces the old one
+        raise KeyboardInterrupt
+    monkeypatch.setattr(run.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run.write_json_atomic(path, {"value": 2.5, "long": "x" * 10_000})
+    assert json.loads(path.read_text()) == {"value": 1.5}, "a record is never seen half-written"

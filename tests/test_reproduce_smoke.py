@@ -65,7 +65,8 @@ def answer_lines(out: pathlib.Path) -> dict[pathlib.Path, list[dict]]:
 
 def test_a_run_killed_mid_way_resumes_without_computing_any_sample_twice(tmp_path):
     table = "table3"  # 16 cells: long enough to be killed inside one
-    for attempt in range(3):
+    limit = run.load_spec(table)["smoke"]["limit"]
+    for attempt in range(5):
         out = tmp_path / f"out{attempt}"
         proc = subprocess.Popen([sys.executable, "-m", "reproduce", table, "--smoke", "--out", str(out)], cwd=ROOT,
                                 env=smoke_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -83,35 +84,67 @@ def test_a_run_killed_mid_way_resumes_without_computing_any_sample_twice(tmp_pat
         before = answer_lines(out)
         interrupted = [p for p, lines in before.items()
                        if not p.with_name(p.name.replace(".answers.jsonl", ".json")).exists()]
-        if interrupted:
+        mid_cell = [p for p in interrupted if 0 < len(before[p]) < limit]  # some answers of the cell, not all
+        if mid_cell:
             break
-    assert interrupted, "could not kill the run inside a cell in 3 attempts"
+    assert mid_cell, "could not kill the run between two batches of a cell in 5 attempts"
     done = smoke(table, out, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     after = answer_lines(out)
-    limit = run.load_spec(table)["smoke"]["limit"]
     for path, lines in after.items():
         keys = [r["key"] for r in lines]
         assert len(keys) == len(set(keys)) == limit, f"{path.name}: {len(keys)} answers, {len(set(keys))} distinct"
         assert lines[:len(before.get(path, []))] == before.get(path, []), f"{path.name}: answers of the killed run changed"
-    resumed = [p for p in interrupted if after[p][0]["run"] != after[p][-1]["run"]]
-    assert resumed or any(len(before[p]) == limit for p in interrupted)
+    for p in mid_cell:  # the killed run's answers kept, the rest computed by the second run
+        assert after[p][0]["run"] != after[p][-1]["run"], f"{p.name}: the cell was not resumed"
     assert (out / "table.csv").read_text() == golden_path(table).read_text()
 
 
 def test_two_processes_shard_the_samples_and_give_the_same_table(tmp_path):
     """``torchrun --nproc_per_node 2 -m reproduce``: each process answers its own share of every cell
-    (one answer file per rank, no sample answered twice) and rank 0 writes the single-process table."""
+    (one answer file per rank, no sample answered twice) and rank 0 writes the single-process table.
+    Three samples do not split evenly: lmms-eval pads the short shard with a copy of its last request,
+    which must be answered once and counted once."""
+    args = ["table2", "--smoke", "--limit", "3", "--rows", "Vanilla@100%,D2Pruner@10%", "--columns", "POPE,GQA"]
+    alone = subprocess.run([sys.executable, "-m", "reproduce", *args, "--out", str(tmp_path / "alone")], cwd=ROOT,
+                           env=smoke_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert alone.returncode == 0, alone.stderr[-3000:]
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "reproduce",
-                           "table2", "--smoke", "--out", str(out)], cwd=ROOT, env=smoke_env(tmp_path),
+                           *args, "--out", str(out)], cwd=ROOT, env=smoke_env(tmp_path),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    limit = run.load_spec("table2")["smoke"]["limit"]
-    for cell in sorted((out / "cells").glob("*/*.json")):
+    cells = sorted((out / "cells").glob("*/*.json"))
+    assert len(cells) == 4
+    for cell in cells:
         shards = sorted(cell.parent.glob(cell.stem + ".answers.rank*-of-2.jsonl"))
         assert [s.name.split(".")[-2] for s in shards] == ["rank0-of-2", "rank1-of-2"], cell
-        keys = [json.loads(line)["key"] for s in shards for line in s.read_text().splitlines()[1:]]
-        assert all(len(s.read_text().splitlines()) > 1 for s in shards), f"{cell.name}: a rank answered nothing"
-        assert len(keys) == len(set(keys)) == limit, f"{cell.name}: {len(keys)} answers, {len(set(keys))} distinct"
-    assert (out / "table.csv").read_text() == golden_path("table2").read_text()
+        keys = [[json.loads(line)["key"] for line in s.read_text().splitlines()[1:]] for s in shards]
+        assert [len(k) for k in keys] == [2, 1], f"{cell.name}: answers per rank {[len(k) for k in keys]}"
+        assert len(set(keys[0] + keys[1])) == 3
+        assert json.loads(cell.read_text())["n_samples"] == 3
+    assert (out / "table.csv").read_text() == (tmp_path / "alone" / "table.csv").read_text()
+
+
+def test_a_record_of_another_configuration_is_evaluated_again(tmp_path):
+    """A cell recorded with ``--limit 2`` is not shown for ``--limit 3``: it is evaluated again, reusing the
+    two cached answers and computing only the third."""
+    args = ["table2", "--smoke", "--rows", "D2Pruner@10%", "--columns", "POPE", "--out", str(tmp_path / "out")]
+    first = subprocess.run([sys.executable, "-m", "reproduce", *args, "--limit", "2"], cwd=ROOT, env=smoke_env(tmp_path),
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    record = tmp_path / "out" / "cells" / "D2Pruner_10pct" / "POPE.json"
+    answers = record.with_name("POPE.answers.jsonl")
+    before = answers.read_text().splitlines()
+    assert json.loads(record.read_text())["n_samples"] == 2 and len(before) == 3
+    again = subprocess.run([sys.executable, "-m", "reproduce", *args, "--limit", "3"], cwd=ROOT, env=smoke_env(tmp_path),
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "recorded for another configuration" in again.stderr
+    after = answers.read_text().splitlines()
+    assert after[:3] == before and len(after) == 4, "the cached answers must be reused and only one sample added"
+    rec = json.loads(record.read_text())
+    assert rec["n_samples"] == 3 and rec["cell"]["limit"] == 3
+    short = subprocess.run([sys.executable, "-m", "reproduce", *args, "--limit", "2"], cwd=ROOT, env=smoke_env(tmp_path),
+                           capture_output=True, text=True, timeout=600)
+    assert short.returncode == 0 and json.loads(record.read_text())["n_samples"] == 2  # counts only what it scored

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import zlib
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -48,15 +49,20 @@ SUPPORTED_ATTENTION = ("sdpa", "eager")
 @dataclasses.dataclass(frozen=True, eq=False)
 class ItemInputs:
     """What a selection method sees for one item: ``attn`` (N,), ``features`` (N, D), the layout and
-    the prior (N,) or None (tensors on the model's device). Methods with ``needs_keys`` also get the
-    L1 norms of the pruning layer's keys (before RoPE) of the visual tokens (N,) and of the item's
-    text tokens (T,), and the text tokens' hidden states (T, D).
+    the prior (N,) or None (tensors on the model's device). Methods with ``needs_keys`` (DART) also get
+    the L1 norms of layer K-1's keys (after RoPE, :func:`key_l1_norms`) of the visual tokens (N,) and of
+    the text tokens after the item's image (T,), and the hidden states entering layer K after the
+    language model's final norm, of the visual tokens (``normed_features``, (N, D)) and of those text
+    tokens (``text_features``, (T, D)).
 
     Methods that prune before the LLM with ``needs_vision`` also get ``vision_features`` (N, Dv), the
     visual tokens as the projector receives them, and ``project``, the model's projector
     ((M, Dv) -> (M, D)); with ``needs_cls_attention`` the [CLS] attention (N,) and the head-averaged
     keys (N, d) of the vision layer whose output the model takes (:class:`VisionCapture`); with
     ``needs_instruction`` the item's instruction text (:meth:`PruningHandle.set_instructions`).
+
+    Methods with ``needs_token_key`` (Random) get ``token_key``, a CRC-32 of the item's real token ids:
+    the same prompt gives the same key alone or in any batch, another prompt another key.
 
     Methods with ``needs_rater_attention`` (SparseVLM) get ``rater_attention`` (R, N): the attention of
     each of the item's R text raters (chosen once per prompt pass on the LLM's input embeddings,
@@ -70,12 +76,14 @@ class ItemInputs:
     key_norms: torch.Tensor | None = None
     text_key_norms: torch.Tensor | None = None
     text_features: torch.Tensor | None = None
+    normed_features: torch.Tensor | None = None
     vision_features: torch.Tensor | None = None
     project: Callable[[torch.Tensor], torch.Tensor] | None = None
     cls_attention: torch.Tensor | None = None
     vision_keys: torch.Tensor | None = None
     instruction: str | None = None
     rater_attention: torch.Tensor | None = None
+    token_key: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -203,6 +211,29 @@ def last_token_attention(layer: torch.nn.Module, hidden_states: torch.Tensor, po
         row = attention_mask[:, :, -1:, :]  # (B, 1, 1, L)
         scores = scores.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else scores + row.float()
     return scores.softmax(dim=-1).mean(dim=1)[:, 0]  # (B, L)
+
+
+def key_l1_norms(layer: torch.nn.Module, hidden_states: torch.Tensor, position_embeddings: tuple) -> torch.Tensor:
+    """L1 norm of each position's keys in a Llama-layout layer, after RoPE (as its KV cache holds them),
+    over all key heads and dimensions.
+
+    Parameters
+    ----------
+    layer : decoder layer with ``input_layernorm`` and ``self_attn.{k_proj,head_dim}``
+    hidden_states : Tensor (B, L, H) -- the layer's input
+    position_embeddings : (cos, sin), each (B or 1, L, head_dim)
+
+    Returns
+    -------
+    Tensor (B, L), float32.
+    """
+    attn = layer.self_attn
+    x = layer.input_layernorm(hidden_states)  # (B, L, H)
+    b, n, _ = x.shape
+    k = attn.k_proj(x).view(b, n, -1, attn.head_dim).transpose(1, 2).float()  # (B, nKV, L, hd)
+    cos, sin = (t.float()[:, None] for t in position_embeddings)  # (B|1, 1, L, hd)
+    k = k * cos + _rotate_half(k) * sin
+    return k.abs().sum(dim=(1, 3))  # (B, L)
 
 
 def query_attention(layer: torch.nn.Module, hidden_states: torch.Tensor, position_embeddings: tuple,
@@ -386,6 +417,9 @@ class PruningHandle:
         if prune_layer == 0 and (getattr(method, "needs_attention", False) or len(stage_layers) > 1):
             raise ValueError(f"method {getattr(method, 'name', method)!r} reads the attention row of layer K-1, so it "
                              "cannot prune before the LLM (prune_layer=0)")
+        if prune_layer == 0 and getattr(method, "needs_keys", False):
+            raise ValueError(f"method {getattr(method, 'name', method)!r} reads the keys of layer K-1, so it cannot "
+                             "prune before the LLM (prune_layer=0)")
         if getattr(method, "needs_vision", False) and stage_layers != [0]:
             raise ValueError(f"method {getattr(method, 'name', method)!r} merges or scores vision-tower features, so it "
                              f"prunes before the LLM only (prune_layer=0), not at {stage_layers}")
@@ -416,8 +450,9 @@ class PruningHandle:
         if getattr(method, "needs_rater_attention", False):  # raters from the LLM's input, before any score hook
             self._handles.append(layers[0].register_forward_pre_hook(self._on_first_layer, with_kwargs=True))
         # Registered after the cut hooks, so that a score layer inside a pruned span sees the cut inputs.
+        # Methods with ``scores_at_stage_layer`` (PyramidDrop) score in the stage layer's own cut hook instead.
         for stage_layer in self.stage_layers:
-            if stage_layer > 0:
+            if stage_layer > 0 and not getattr(method, "scores_at_stage_layer", False):
                 self._handles.append(layers[stage_layer - 1].register_forward_pre_hook(self._on_score_layer, with_kwargs=True))
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -449,7 +484,7 @@ class PruningHandle:
             raise ValueError(f"{type(cache).__name__} (a static/compileable cache) cannot hold pruned sequences; "
                              "use the default dynamic cache (do not pass cache_implementation='static')")
         mask2d = kwargs.get("attention_mask")
-        self._row, self._step = None, {}
+        self._row, self._key_norms, self._step = None, None, {}
         self._mask2d = mask2d if mask2d is not None and mask2d.ndim == 2 else None
         # A decoding step (non-empty cache, no pixel values) holds no image, even if a generated token has the
         # image token's id: transformers embeds it as text then, and so do we.
@@ -464,6 +499,7 @@ class PruningHandle:
             if mask2d is not None and mask2d.ndim == 2 and bool((mask2d[:, -1] == 0).any()):
                 raise ValueError("right padding is not supported (the last token must be real): use padding_side='left'")
             self._mode, self._items, self._pruned = "prefill", items, None
+            self._input_ids = input_ids
 
         elif self._pruned is not None and cache is self._pruned.cache and cache is not None:
             q = input_ids.shape[1] if input_ids is not None else kwargs["inputs_embeds"].shape[1]
@@ -539,6 +575,9 @@ class PruningHandle:
         elif self._mode == "prefill" and getattr(self.method, "needs_attention", True):
             hidden = kwargs.get("hidden_states", args[0] if args else None)
             self._row = last_token_attention(module, hidden, kwargs["position_embeddings"], kwargs.get("attention_mask"))
+        if self._mode == "prefill" and getattr(self.method, "needs_keys", False):
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            self._key_norms = key_l1_norms(module, hidden, kwargs["position_embeddings"])  # (B, L_cur)
         return None
 
     # -- layers >= K: cut -------------------------------------------------------------------------------
@@ -547,7 +586,13 @@ class PruningHandle:
             if self._mode == "prefill":
                 if layer_idx in self.stage_layers:
                     hidden = kwargs.get("hidden_states", args[0] if args else None)
-                    self._select_and_build(hidden, kwargs, self.stage_layers.index(layer_idx))
+                    stage = self.stage_layers.index(layer_idx)
+                    if getattr(self.method, "scores_at_stage_layer", False):
+                        # the stage layer's own q/k on its input, the sequence the previous stage left
+                        cur = kwargs if stage == 0 else {**kwargs, **self._step["kwargs"]}
+                        self._row = last_token_attention(module, hidden, cur["position_embeddings"],
+                                                         cur.get("attention_mask"))
+                    self._select_and_build(hidden, kwargs, stage)
                     args, kwargs = self._replace_hidden(args, kwargs, self._step["hidden"])
                 kwargs = {**kwargs, **self._step["kwargs"]}
             elif self._mode == "decode" and self.prune_layer > 0:
@@ -596,11 +641,12 @@ class PruningHandle:
             cur_index, cur_valid = self._stage_state[-1]
         n_seq = self._orig["len"]
 
-        key_norms = None
+        key_norms = features = None
         if getattr(self.method, "needs_keys", False):
-            layer = self.layers[self.stage_layers[stage]]
-            keys = layer.self_attn.k_proj(layer.input_layernorm(hidden))  # (B, L_cur, kv_heads * head_dim)
-            key_norms = keys.float().abs().sum(dim=-1)  # (B, L_cur)
+            key_norms = self._key_norms  # (B, L_cur), layer K-1's keys (see _on_score_layer)
+            # DART compares hidden states after the language model's final norm, as its public code does
+            norm = getattr(self.language_model, "norm", None)
+            features = hidden if norm is None else norm(hidden)  # (B, L_cur, H)
         present = [i for i, it in enumerate(self._items) if it is not None]
         vision_extra = None
         if self.vision is not None:
@@ -630,16 +676,19 @@ class PruningHandle:
             attn = None if self._row is None else self._row[i, slots]
             extra = {}
             if key_norms is not None:
-                text = cur_valid[i] & (cur_ord < 0)
+                text = cur_valid[i] & (cur_index[i] > pos.max())  # (L_cur,) the tokens after the item's image
                 if self._mask2d is not None:
                     text &= self._mask2d[i, cur_index[i]].bool()
-                text_slots = text.nonzero()[:, 0]  # (T,) real, non-visual tokens
+                text_slots = text.nonzero()[:, 0]  # (T,) real tokens after the image: the question
                 extra = dict(key_norms=key_norms[i, slots], text_key_norms=key_norms[i, text_slots],
-                             text_features=hidden[i, text_slots])
+                             text_features=features[i, text_slots], normed_features=features[i, slots])
             if vision_extra is not None:
                 extra.update(vision_extra[i])
             if getattr(self.method, "needs_instruction", False):
                 extra["instruction"] = self.instructions[i]
+            if getattr(self.method, "needs_token_key", False):
+                real = self._input_ids[i] if self._mask2d is None else self._input_ids[i][self._mask2d[i].bool()]
+                extra["token_key"] = zlib.crc32(real.cpu().numpy().astype(np.int64).tobytes())
             if getattr(self.method, "needs_rater_attention", False):
                 extra["rater_attention"] = self._rater_rows[i][:, slots]  # (R, N_cur)
             inputs.append(ItemInputs(attn, hidden[i, slots], sub_layout, prior, **extra))

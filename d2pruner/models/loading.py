@@ -14,7 +14,8 @@ import os
 
 import torch
 
-__all__ = ["CHECKPOINTS", "build_batch", "build_inputs", "prompt_text", "family_of", "load_model", "missing_checkpoint_message"]
+__all__ = ["CHECKPOINTS", "build_batch", "build_inputs", "prompt_text", "family_of", "image_only_internvl_processor",
+           "load_model", "missing_checkpoint_message"]
 
 #: The checkpoints of the paper's two models (InternVL: the transformers-native MPO conversion).
 CHECKPOINTS = {"llava": "llava-hf/llava-1.5-7b-hf", "internvl": "OpenGVLab/InternVL2_5-8B-MPO-hf"}
@@ -41,9 +42,41 @@ def missing_checkpoint_message(model_id: str, revision: str | None = None) -> st
             f"access run `huggingface-cli download {model_id}` and copy the cache here, or pass a local folder.")
 
 
+_IMAGE_ONLY_INTERNVL = None
+
+
+def image_only_internvl_processor():
+    """``InternVLProcessor`` without its video processor: the class (built on first use).
+
+    transformers' InternVL processor also loads a video processor whose class needs torchvision,
+    which this project does not install (see docs/evaluation.md); the image path is the same.
+    ``from_pretrained`` on it reads a checkpoint's tokenizer, image processor, ``image_seq_length``
+    and chat template, and ignores the video processor's files.
+    """
+    global _IMAGE_ONLY_INTERNVL
+    if _IMAGE_ONLY_INTERNVL is None:
+        from transformers import InternVLProcessor
+
+        class ImageOnlyInternVLProcessor(InternVLProcessor):
+            """``InternVLProcessor`` without its video processor (whose class check needs torchvision)."""
+
+            @classmethod
+            def get_attributes(cls):
+                return ["image_processor", "tokenizer"]
+
+            def __init__(self, image_processor, tokenizer, image_seq_length: int = 256, chat_template=None, **kwargs):
+                super().__init__(image_processor, tokenizer, image_seq_length=image_seq_length,
+                                 chat_template=chat_template, **kwargs)
+
+        _IMAGE_ONLY_INTERNVL = ImageOnlyInternVLProcessor
+    return _IMAGE_ONLY_INTERNVL
+
+
 def load_model(model_id: str, *, revision: str | None = None, dtype: torch.dtype = torch.float16, device: str = "cpu",
                attn_implementation: str = "sdpa"):
-    """``(model, processor, family)`` from the local cache only; ``OSError`` naming what is missing."""
+    """``(model, processor, family)`` from the local cache (or a local folder) only; ``OSError`` naming
+    what is missing. InternVL's processor is loaded without its video part
+    (:func:`image_only_internvl_processor`)."""
     from transformers import AutoConfig, AutoProcessor, InternVLForConditionalGeneration, LlavaForConditionalGeneration
 
     try:
@@ -52,7 +85,8 @@ def load_model(model_id: str, *, revision: str | None = None, dtype: torch.dtype
         cls = LlavaForConditionalGeneration if family == "llava" else InternVLForConditionalGeneration
         model = cls.from_pretrained(model_id, revision=revision, dtype=dtype, local_files_only=True,
                                     attn_implementation=attn_implementation).to(device).eval()
-        processor = AutoProcessor.from_pretrained(model_id, revision=revision, local_files_only=True)
+        loader = AutoProcessor if family == "llava" else image_only_internvl_processor()
+        processor = loader.from_pretrained(model_id, revision=revision, local_files_only=True)
     except OSError as err:
         raise OSError(missing_checkpoint_message(model_id, revision)) from err
     if getattr(processor, "tokenizer", None) is not None:

@@ -71,25 +71,7 @@ def tiny_processor(family: str, max_tiles: int = 6):
         images = GotOcr2ImageProcessor(size={"height": side, "width": side}, crop_to_patches=True, min_patches=1,
                                        max_patches=int(max_tiles), image_mean=[0.485, 0.456, 0.406],
                                        image_std=[0.229, 0.224, 0.225])
-        return _ImageOnlyInternVLProcessor(images, tokenizer, image_seq_length=256, chat_template=_INTERNVL_TEMPLATE)
+        from d2pruner.models.loading import image_only_internvl_processor
+
+        return image_only_internvl_processor()(images, tokenizer, image_seq_length=256, chat_template=_INTERNVL_TEMPLATE)
     raise ValueError(f"unknown model family {family!r}; expected 'llava' or 'internvl'")
-
-
-def _image_only_internvl_class():
-    from transformers import InternVLProcessor
-
-    class ImageOnlyInternVLProcessor(InternVLProcessor):
-        """``InternVLProcessor`` without its video processor (whose class check needs torchvision)."""
-
-        @classmethod
-        def get_attributes(cls):
-            return ["image_processor", "tokenizer"]
-
-        def __init__(self, image_processor, tokenizer, image_seq_length: int = 256, chat_template=None):
-            super().__init__(image_processor, tokenizer, image_seq_length=image_seq_length, chat_template=chat_template)
-
-    return ImageOnlyInternVLProcessor
-
-
-def _ImageOnlyInternVLProcessor(*args, **kwargs):
-    return _image_only_internvl_class()(*args, **kwargs)

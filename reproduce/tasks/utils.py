@@ -167,6 +167,34 @@ def rec_internvl_process_result(doc: dict, result: list[str]) -> dict:
     return {f"refcoco_{metric}": record for metric in COCO_REC_METRICS}
 
 
+def _present(value) -> bool:
+    """A cell of MMBench's table that holds text (not missing, not the string "nan")."""
+    return value is not None and not (isinstance(value, float) and value != value) and str(value) != "nan"
+
+
+def mmbench_official_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
+    """MMBench's prompt as LLaVA-1.5's and InternVL-2.5's own evaluations build it: the hint (if any),
+    the question and each option on its own line, then the answer instruction (``post_prompt``).
+
+    lmms-eval's stock prompt instead runs hint, question and a "There are several options:" block
+    together on one line. Scoring is untouched (lmms-eval's records and static evaluator).
+
+    >>> doc = {"hint": "nan", "question": "What is shown?", "A": "a cat", "B": "a dog", "C": "nan", "D": float("nan")}
+    >>> print(mmbench_official_doc_to_text(doc, {"post_prompt": "Answer with the option's letter from the given choices directly."}))
+    What is shown?
+    A. a cat
+    B. a dog
+    Answer with the option's letter from the given choices directly.
+    """
+    lines = [str(doc["hint"])] if _present(doc.get("hint")) else []
+    lines.append(str(doc["question"]))
+    lines += [f"{letter}. {doc[letter]}" for letter in "ABCDE" if _present(doc.get(letter))]
+    post = (lmms_eval_specific_kwargs or {}).get("post_prompt", "")
+    if post:
+        lines.append(post)
+    return "\n".join(lines)
+
+
 def _mmbench_static_score(evaluator, results) -> float:
     overall, _category, _l2_category = evaluator.eval_result(results, eval_method="static")
     return float(overall) * 100
