@@ -384,6 +384,9 @@ def derived_values(spec: dict, values: dict[str, float | None], vanilla: dict[st
     {'Avg': 67.5, 'Rel': 84.375}
     >>> derived_values(spec, {"A": 60.0, "MME": None}, None)
     {'Avg': None, 'Rel': None}
+    >>> spec = {"columns": [{"benchmark": "Rel", "derived": "relative_mean", "of": ["A", "MME"], "to": "Vanilla"}]}
+    >>> derived_values(spec, {"A": 60.0, "MME": 1500.0}, {"A": 80.0, "MME": 1500.0})  # (75 % + 100 %) / 2
+    {'Rel': 87.5}
     """
     out: dict[str, float | None] = {}
     for col in spec["columns"]:
@@ -398,6 +401,10 @@ def derived_values(spec: dict, values: dict[str, float | None], vanilla: dict[st
             mine = out.get(col["of"], values.get(col["of"]))
             ref = (vanilla or {}).get(col["of"])
             out[col["benchmark"]] = None if mine is None or not ref else 100.0 * mine / ref
+        elif col.get("derived") == "relative_mean":  # mean over benchmarks of row / unpruned, in percent
+            pairs = [(values.get(b), (vanilla or {}).get(b)) for b in col["of"]]
+            ok = all(m is not None and r for m, r in pairs)
+            out[col["benchmark"]] = 100.0 * sum(m / r for m, r in pairs) / len(pairs) if ok else None
     return out
 
 
@@ -476,6 +483,26 @@ def table_csv(lines: list[dict]) -> str:
     return buf.getvalue()
 
 
+def abstract_lines(spec: dict, lines: list[dict]) -> list[str]:
+    """The abstract's claims this table can check, beside our value of the same kind (the spec's
+    ``abstract`` entries: a claim of ``paper_tables/abstract.csv``, the method and the derived column).
+
+    >>> spec = load_spec("table3")
+    >>> abstract_lines(spec, [{"method": "D2Pruner", "budget": "10%", "benchmark": "Rel", "reproduced": "84.10"}])
+    ['Abstract: InternVL-2.5-8B localization performance retained at 90% token reduction = 85.7 % of unpruned (abstract (primary)); ours, D2Pruner Rel: 10% → 84.10.']
+    """
+    with open(ROOT / "paper_tables" / "abstract.csv", encoding="utf-8") as f:
+        claims = {r["claim"]: r for r in csv.DictReader(f)}
+    out = []
+    for entry in spec.get("abstract", []):
+        claim = claims[entry["claim"]]
+        ours = [f"{ln['budget']} → {ln['reproduced'] or 'not run'}" for ln in lines
+                if ln["method"] == entry["method"] and ln["benchmark"] == entry["column"]]
+        out.append(f"Abstract: {claim['claim']} = {claim['value']} {claim['unit']} ({claim['provenance']}); "
+                   f"ours, {entry['method']} {entry['column']}: {', '.join(ours)}.")
+    return out
+
+
 def table_markdown(spec: dict, lines: list[dict], header: str) -> str:
     """The wide table: one line per row, each cell ``ours / paper (delta, mark)``."""
     columns = [c["benchmark"] for c in spec["columns"]] + ["prefill TFLOPs"]
@@ -512,7 +539,8 @@ def table_markdown(spec: dict, lines: list[dict], header: str) -> str:
                 mark = "✓" if ln["within_tolerance"] == "yes" else "✗"
                 shown.append(f"{ln['reproduced']} / {ln['paper']} ({ln['delta']} {mark})")
         out.append(f"| {label[0]} | {label[1]} | " + " | ".join(shown) + " |")
-    return "\n".join(out) + "\n"
+    claims = abstract_lines(spec, lines)
+    return "\n".join(out + ([""] + claims if claims else [])) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -127,3 +127,22 @@ def test_cell_records_are_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run.write_json_atomic(path, {"value": 2.5, "long": "x" * 10_000})
     assert json.loads(path.read_text()) == {"value": 1.5}, "a record is never seen half-written"
+
+
+def test_relative_performance_and_the_abstracts_claim():
+    """Rel = mean over the benchmarks of row / unpruned x 100 (MME included as a ratio), shown beside the
+    abstract's 99.2 % retained; a row with a benchmark not run has no Rel."""
+    spec = run.load_spec("table1")
+    benches = [c["benchmark"] for c in spec["columns"] if "derived" not in c]
+    vanilla = {b: 60.0 for b in benches} | {"MME": 1500.0}
+    pruned = {b: 57.0 for b in benches} | {"MME": 1500.0, "POPE": 60.0}
+    rows = [run.Row("Vanilla", "576", None), run.Row("D2Pruner", "64", "d2pruner"), run.Row("FastV", "64", "fastv")]
+    records = _records(spec, {("Vanilla", "576"): vanilla, ("D2Pruner", "64"): pruned,
+                              ("FastV", "64"): {b: 50.0 for b in benches if b != "GQA"}})
+    lines = run.build_table(spec, rows, [], records)
+    rel = {(ln["method"], ln["budget"]): ln["reproduced"] for ln in lines if ln["benchmark"] == "Rel"}
+    want = 100 * (6 * 57 / 60 + 1 + 1) / 8
+    assert rel == {("Vanilla", "576"): "100.00", ("D2Pruner", "64"): f"{want:.2f}", ("FastV", "64"): ""}
+    md = run.table_markdown(spec, lines, "## table1")
+    assert f"Abstract: LLaVA-1.5-7B performance retained = 99.2 % of unpruned" in md
+    assert f"ours, D2Pruner Rel: 64 → {want:.2f}" in md

@@ -41,7 +41,7 @@ def test_reproduce_list(capsys):
 
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "paper cells known: 7 of 225" in out and "paper cells known: 0 of 119" in out and "paper cells known: 21 of 90" in out
+    assert "paper cells known: 7 of 250" in out and "paper cells known: 0 of 136" in out and "paper cells known: 21 of 90" in out
     assert "25 rows, 23 runnable" in out and "not run: VisionZip@10%: visionzip needs the [CLS] attention" in out
     assert "not implemented" not in out
     assert main(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
