@@ -55,7 +55,9 @@ class RandomMethod:
     """Uniform sampling without replacement, drawn from ``seed`` and the item's prompt: an item's choice
     depends only on ``seed``, its token ids (:attr:`~d2pruner.models.hooks.ItemInputs.token_key`), N and
     its budget -- reproducible, the same alone or in any batch and at any pruning point, and different
-    from one question to the next (so a benchmark is not pruned with one fixed mask)."""
+    for prompts with different token ids (so a benchmark is not pruned with one fixed mask). The image
+    enters only through its placeholder count: on LLaVA, whose 576 placeholders are alike, the same
+    question about two images draws the same tokens."""
 
     seed: int = 0
     name: str = "random"

@@ -82,13 +82,19 @@ def process_device(device: str | None) -> str:
     return str(device)
 
 
+#: The methods that read the positional prior (every other one ignores it, and so do their fingerprints).
+NEEDS_PRIOR = ("d2pruner", "mmr-d2score")
+
+
 def run_fingerprint(*, pretrained: str, revision: str | None, method: str | None, budget: Any, config: str,
                     dtype: str, prior: str | None, max_tiles: int, max_new_tokens_cap: int | None) -> dict:
     """What identifies a run's answers: the answer cache refuses a file of another fingerprint, and a cell
-    record of another fingerprint is computed again."""
+    record of another fingerprint is computed again. The prior counts only for the methods that read it
+    (:data:`NEEDS_PRIOR`)."""
+    uses_prior = method in NEEDS_PRIOR and prior
     return {"pretrained": pretrained, "revision": revision, "method": method,
             "budget": budget if method else None, "config": config, "dtype": dtype,
-            "prior_sha256": file_sha256(prior) if prior else None, "max_tiles": int(max_tiles),
+            "prior_sha256": file_sha256(prior) if uses_prior else None, "max_tiles": int(max_tiles),
             "max_new_tokens_cap": max_new_tokens_cap}
 
 
@@ -289,7 +295,7 @@ def _make_class():
             from d2pruner.spec import D2PrunerConfig
 
             cfg = D2PrunerConfig.for_localization() if self.config_name == "localization" else D2PrunerConfig()
-            prior = self.prior if self.method in ("d2pruner", "mmr-d2score") else None
+            prior = self.prior if self.method in NEEDS_PRIOR else None
             method = self._method_object()
             if self.family == "llava":
                 return llava.attach(self.model, self.budget, config=cfg, prior=prior, method=method)

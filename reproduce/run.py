@@ -223,7 +223,7 @@ def check_inputs(spec: dict, rows: list[Row], columns: list[dict], model_id: str
         raise MissingInputs("cannot run " + spec["table"] + ":\n  - " + "\n  - ".join(problems))
 
 
-NEEDS_PRIOR = ("d2pruner", "mmr-d2score")
+from reproduce.adapter import NEEDS_PRIOR  # noqa: E402  (the adapter module imports only torch and the stdlib)
 
 
 def smoke_images() -> list:
@@ -290,6 +290,39 @@ def answer_files(path: pathlib.Path, world_size: int = 1) -> list[pathlib.Path]:
             if path.with_name(f"{path.stem}.rank{r}-of-{world_size}{path.suffix}").exists()]
 
 
+def set_aside_stale_answers(path: pathlib.Path, fingerprint: dict) -> list[pathlib.Path]:
+    """Rename the answer files of a cell (plain or per rank) that another run wrote (another checkpoint,
+    prior, dtype, ...: their first line's fingerprint differs) to ``<name>.stale-<hash>.jsonl``, so that
+    the new run starts its own and nothing is lost; return the new names.
+
+    >>> import tempfile
+    >>> d = pathlib.Path(tempfile.mkdtemp()); f = d / "POPE.answers.jsonl"
+    >>> _ = f.write_text(json.dumps({"fingerprint": {"prior_sha256": "a"}}) + "\\n")
+    >>> set_aside_stale_answers(f, {"prior_sha256": "a"}), f.exists()
+    ([], True)
+    >>> [p.name for p in set_aside_stale_answers(f, {"prior_sha256": "b"})], f.exists()
+    (['POPE.answers.stale-716e38b7.jsonl'], False)
+    """
+    moved = []
+    want = json.loads(json.dumps(fingerprint))
+    for f in [path, *path.parent.glob(f"{path.stem}.rank*-of-*{path.suffix}")]:
+        if not f.exists():
+            continue
+        with open(f, encoding="utf-8") as fh:
+            first = fh.readline()
+        try:
+            head = json.loads(first).get("fingerprint") if first.strip() else want
+        except json.JSONDecodeError:  # cut inside its first line: nothing in it to keep
+            head = None
+        if head == want:
+            continue
+        tag = hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()[:8]
+        stale = f.with_name(f"{f.stem}.stale-{tag}{f.suffix}")
+        os.replace(f, stale)
+        moved.append(stale)
+    return moved
+
+
 def answers_digest(path: pathlib.Path, limit: int | None = None, world_size: int = 1) -> tuple[str, int, float | None]:
     """SHA-256 (12 hex) of the sorted (key, answer) pairs of the samples this evaluation scored, their
     count, and the mean visual tokens kept.
@@ -350,6 +383,14 @@ def run_cell(*, spec: dict, row: Row, col: dict, out: pathlib.Path, adapter_kwar
     from lmms_eval.tasks import TaskManager
 
     cache = cell_dir / f"{slug(col['benchmark'])}.answers.jsonl"
+    if int(os.environ.get("RANK", "0")) == 0:  # one process moves another run's answers aside (each rank reads only its own)
+        for stale in set_aside_stale_answers(cache, cell["run"]):
+            print(f"{stale.name}: answers of another run configuration, set aside", file=sys.stderr)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
     lm = adapter.adapter_class()(method=method, budget=budget, cache=str(cache), **adapter_kwargs)
     started = time.time()
     results = simple_evaluate(model=lm, tasks=[task], limit=limit, task_manager=TaskManager(

@@ -26,6 +26,7 @@ QUICK_CORE = ["tests/test_examples.py", "tests/test_spec.py", "tests/test_errors
               "tests/test_properties.py"]
 QUICK_MODELS = ["tests/test_pre_llm_methods.py", "tests/test_sparsevlm.py", "tests/test_models.py", "tests/test_methods.py"]
 QUICK_REPRODUCE = ["tests/test_reproduce_run.py",
+                   "tests/test_reproduce_smoke.py::test_rows_that_do_not_read_the_prior_do_not_depend_on_it",
                    "tests/test_reproduce_smoke.py::test_a_record_of_another_configuration_is_evaluated_again",
                    "tests/test_reproduce_smoke.py::test_two_processes_shard_the_samples_and_give_the_same_table"]
 
@@ -121,6 +122,12 @@ MUTANTS = {
         "reproduce/run.py", 'if record.get("cell") == json.loads(json.dumps(cell)):', "if True:"),
     "run: answers beyond --limit counted": (
         "reproduce/run.py", 'if limit is None or r["doc_id"] < limit}', "if True}"),
+    "run: another run's answers not set aside": (
+        "reproduce/run.py", "        if head == want:\n            continue", "        if True:\n            continue"),
+    "adapter: the prior in the fingerprint of rows that do not read it": (
+        "reproduce/adapter.py", "uses_prior = method in NEEDS_PRIOR and prior", "uses_prior = prior"),
+    "hooks: pre-encoded images after a cache taken for decoding": (
+        "d2pruner/models/hooks.py", 'and not kwargs.get("mm_encoder_outputs"))', "and True)"),
     "hooks: rater rows ignore the attention mask": (
         "d2pruner/models/hooks.py",
         "        rows = attention_mask[:, :, queries, :]  # (1, 1, Q, L)\n        scores = scores.masked_fill(~rows, float(\"-inf\")) if rows.dtype == torch.bool else scores + rows.float()",

@@ -270,8 +270,6 @@ def test_load_model_reads_a_saved_checkpoint_folder_without_torchvision(family, 
     """The real loading path on a checkpoint folder (tiny model and processor saved by transformers):
     InternVL's processor comes without its video part, whose class needs torchvision, and still files
     the chat template, ``image_seq_length`` and the tiles; a video processor's config beside it is ignored."""
-    import importlib.util
-
     from PIL import Image
 
     from d2pruner.models import loading, tiny_processor
@@ -288,7 +286,6 @@ def test_load_model_reads_a_saved_checkpoint_folder_without_torchvision(family, 
         (tmp_path / "video_preprocessor_config.json").write_text('{"video_processor_type": "InternVLVideoProcessor"}')
     loaded, processor, fam = loading.load_model(str(tmp_path), dtype=torch.float32)
     assert fam == family and processor.tokenizer.padding_side == "left"
-    assert importlib.util.find_spec("torchvision") is None, "this check is about the install without torchvision"
     image = Image.new("RGB", (90, 60), (200, 30, 30))
     got = loading.build_inputs(processor, family, image, "Where?", max_tiles=4)
     want = loading.build_inputs(proc, family, image, "Where?", max_tiles=4)
@@ -297,3 +294,21 @@ def test_load_model_reads_a_saved_checkpoint_folder_without_torchvision(family, 
         torch.testing.assert_close(loaded(**got).logits, model(**want).logits)
     with pytest.raises(OSError, match="is not in the local Hugging Face cache"):
         loading.load_model(str(tmp_path / "absent"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_image_after_a_non_empty_cache_is_refused_not_left_unpruned(family):
+    """generate() hands the prompt pass pre-encoded images (``mm_encoder_outputs``), not pixel values:
+    an image continuing a cached prefix must still be seen, and refused."""
+    from transformers import DynamicCache
+
+    model = family_model(family)
+    batch, items = left_padded_batch(family, [(3, 4)])
+    prefix = batch["input_ids"][:, :2]
+    cache = DynamicCache(config=model.config.get_text_config())
+    with torch.no_grad():
+        model(input_ids=prefix, past_key_values=cache, use_cache=True)
+        with attach(family, model, 40, items.grids, method="fastv") as handle, \
+                pytest.raises(ValueError, match="image tokens after a non-empty KV cache are not supported"):
+            model.generate(**batch, past_key_values=cache, max_new_tokens=2, do_sample=False)
+    assert handle.stats == []

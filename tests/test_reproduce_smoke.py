@@ -148,3 +148,28 @@ def test_a_record_of_another_configuration_is_evaluated_again(tmp_path):
     short = subprocess.run([sys.executable, "-m", "reproduce", *args, "--limit", "2"], cwd=ROOT, env=smoke_env(tmp_path),
                            capture_output=True, text=True, timeout=600)
     assert short.returncode == 0 and json.loads(record.read_text())["n_samples"] == 2  # counts only what it scored
+    # answers a killed run of another configuration (here: another prior) left behind, with no record:
+    # set aside, not mixed in nor refused
+    record.unlink()
+    lines = answers.read_text().splitlines()
+    head = json.loads(lines[0])
+    head["fingerprint"]["prior_sha256"] = "0" * 64
+    answers.write_text("\n".join([json.dumps(head, sort_keys=True), *lines[1:]]) + "\n")
+    other = subprocess.run([sys.executable, "-m", "reproduce", *args, "--limit", "2"], cwd=ROOT, env=smoke_env(tmp_path),
+                           capture_output=True, text=True, timeout=600)
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "answers of another run configuration, set aside" in other.stderr
+    stale = list(answers.parent.glob("POPE.answers.stale-*.jsonl"))
+    assert len(stale) == 1 and stale[0].read_text().splitlines()[1:] == lines[1:], "the other run's answers are kept"
+    assert len(answers.read_text().splitlines()) == 3 and json.loads(record.read_text())["n_samples"] == 2
+
+
+def test_rows_that_do_not_read_the_prior_do_not_depend_on_it():
+    from reproduce import adapter
+
+    base = dict(pretrained="m", revision=None, budget="64", config="default", dtype="float16", max_tiles=12,
+                max_new_tokens_cap=None)
+    prior = ROOT / "d2pruner" / "data" / "llava-1.5-7b-hf.json"
+    for method in ("fastv", None):
+        assert adapter.run_fingerprint(method=method, prior=None, **base) == adapter.run_fingerprint(method=method, prior=str(prior), **base)
+    assert adapter.run_fingerprint(method="d2pruner", prior=None, **base) != adapter.run_fingerprint(method="d2pruner", prior=str(prior), **base)

@@ -486,9 +486,11 @@ class PruningHandle:
         mask2d = kwargs.get("attention_mask")
         self._row, self._key_norms, self._step = None, None, {}
         self._mask2d = mask2d if mask2d is not None and mask2d.ndim == 2 else None
-        # A decoding step (non-empty cache, no pixel values) holds no image, even if a generated token has the
-        # image token's id: transformers embeds it as text then, and so do we.
-        decoding = cache is not None and cache.get_seq_length() > 0 and kwargs.get("pixel_values") is None
+        # A decoding step (non-empty cache, no image input: neither pixel values nor the encoder outputs that
+        # generate() computes first) holds no image, even if a generated token has the image token's id:
+        # transformers embeds it as text then, and so do we.
+        decoding = (cache is not None and cache.get_seq_length() > 0 and kwargs.get("pixel_values") is None
+                    and not kwargs.get("mm_encoder_outputs"))
         items = self.find_items(input_ids) if input_ids is not None and not decoding else None
         has_images = items is not None and any(it is not None for it in items)
         if input_ids is None and kwargs.get("pixel_values") is not None:
