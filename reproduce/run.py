@@ -306,7 +306,7 @@ def set_aside_stale_answers(path: pathlib.Path, fingerprint: dict) -> list[pathl
     moved = []
     want = json.loads(json.dumps(fingerprint))
     for f in [path, *path.parent.glob(f"{path.stem}.rank*-of-*{path.suffix}")]:
-        if not f.exists():
+        if not f.exists() or ".stale-" in f.name:  # set aside before
             continue
         with open(f, encoding="utf-8") as fh:
             first = fh.readline()
