@@ -24,43 +24,19 @@ import time
 import torch
 
 import d2pruner
-from d2pruner.flops import paper_config
-from d2pruner.models import internvl, llava, tiny
-
-LLAVA_ID, INTERNVL_ID = "llava-hf/llava-1.5-7b-hf", "OpenGVLab/InternVL2_5-8B-MPO-hf"
-
-
-def build_full(family: str, attn: str, dtype: torch.dtype, device: str):
-    """A full-size model from the shipped config, random weights, built directly on ``device``."""
-    from transformers import (CLIPVisionConfig, InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig,
-                              LlamaConfig, LlavaConfig, LlavaForConditionalGeneration)
-
-    cfg = paper_config(LLAVA_ID if family == "llava" else INTERNVL_ID)
-    text = LlamaConfig(**{k: v for k, v in cfg["text_config"].items() if k != "model_type"}, attn_implementation=attn)
-    vis = {k: v for k, v in cfg["vision_config"].items() if k != "model_type"}
-    if family == "llava":
-        config = LlavaConfig(vision_config=CLIPVisionConfig(**vis), text_config=text, image_token_id=cfg["image_token_id"],
-                             vision_feature_layer=cfg["vision_feature_layer"], attn_implementation=attn,
-                             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)))
-        cls = LlavaForConditionalGeneration
-    else:
-        config = InternVLConfig(vision_config=InternVLVisionConfig(**vis), text_config=text,
-                                image_token_id=cfg["image_token_id"], downsample_ratio=cfg["downsample_ratio"],
-                                attn_implementation=attn, tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)))
-        cls = InternVLForConditionalGeneration
-    with torch.device(device):
-        model = cls(config)
-    return model.to(dtype).eval(), int(cfg["image_token_id"])
+from d2pruner.models import tiny
+from d2pruner.models.family import family_names, get_family
+from d2pruner.models.handle import attach
 
 
-def make_inputs(family: str, image_token: int, tiles: int, image_px: int, device: str, text: int = 48):
-    n_img = 576 if family == "llava" else 256 * (tiles + (tiles > 1))
+def make_inputs(family, model, image_token: int, tiles: int, device: str, text: int = 48):
+    """One prompt of ``text`` random words around one random image of ``tiles`` tiles, and its hint."""
     gen = torch.Generator().manual_seed(0)
     words = torch.randint(3, 1000 if image_token > 1000 else image_token - 1, (text,), generator=gen)
+    n_img, pixels, hint = family.synthetic_image(model, tiles, gen)
     ids = torch.cat([torch.tensor([1]), words[: text // 2], torch.full((n_img,), image_token), words[text // 2:]])[None]
-    n_pix = 1 if family == "llava" else tiles + (tiles > 1)
-    pixels = torch.randn(n_pix, 3, image_px, image_px, generator=gen)
-    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "pixel_values": pixels.to(device)}
+    batch = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "pixel_values": pixels.to(device)}
+    return batch, hint
 
 
 class Timer:
@@ -87,15 +63,14 @@ class Timer:
 
 
 @torch.no_grad()
-def measure(model, family, inputs, budget, grid, device, new_tokens, repeats, warmup) -> dict:
+def measure(model, family, inputs, budget, hint, device, new_tokens, repeats, warmup) -> dict:
     timer = Timer(device)
     px = inputs["pixel_values"].to(model.dtype)
     batch = {**inputs, "pixel_values": px.to(device)}
     handle = None
     if budget is not None:
-        handle = (llava if family == "llava" else internvl).attach(model, budget)
-        if family == "internvl":
-            handle.set_tile_grids([grid])
+        handle = attach(model, budget, family=family)
+        handle.set_item_hints([hint])
     try:
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -115,7 +90,7 @@ def measure(model, family, inputs, budget, grid, device, new_tokens, repeats, wa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU (CI)")
-    parser.add_argument("--families", nargs="*", default=["llava", "internvl"])
+    parser.add_argument("--families", nargs="*", default=family_names(), choices=family_names())
     parser.add_argument("--attn", nargs="*", default=["sdpa", "eager"])
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
@@ -130,32 +105,27 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(f"{'family':8} {'attn':5} {'tiles':>5} {'budget':>7} {'visual':>11} {'prefill ms':>10} {'decode ms/tok':>13} "
           f"{'peak GiB':>8} {'select ms':>9} {'prefill x':>9} {'decode x':>8}")
-    for family in args.families:
+    for name in args.families:
+        family = get_family(name)
         for attn in args.attn:
             if args.smoke:
-                model = (tiny.tiny_llava if family == "llava" else tiny.tiny_internvl)(attn_implementation=attn)
-                token, px = tiny.IMAGE_TOKEN, 48 if family == "llava" else 64
+                model, token = family.tiny_model(attn_implementation=attn), tiny.IMAGE_TOKEN
             else:
-                model, token = build_full(family, attn, torch.float16, device)
-                px = 336 if family == "llava" else 448
-            if family == "llava":
-                cases = [(1, None, b) for b in (None, 576, 192, 128, 64)]
-            else:
-                tile_set = (1, 2) if args.smoke else (1, 6, 12)
-                cases = [(t, internvl.tile_grid((448, 448 * t), max_tiles=t) if t > 1 else (1, 1), b)
-                         for t in tile_set for b in (None, 1.0, 0.25, 0.1)]
+                model = family.full_size_model(attn, torch.float16, device)
+                token = int(model.config.image_token_id)
+            cases = [(t, b) for t in family.latency_tiles[1 if args.smoke else 0] for b in family.latency_budgets]
             base = None
-            for tiles, grid, budget in cases:
-                inputs = make_inputs(family, token, tiles, px, device)
-                r = measure(model, family, inputs, budget, grid, device, new_tokens, repeats, warmup)
+            for tiles, budget in cases:
+                inputs, hint = make_inputs(family, model, token, tiles, device)
+                r = measure(model, family, inputs, budget, hint, device, new_tokens, repeats, warmup)
                 if budget is None:
                     base = r
-                r.update(family=family, attn=attn, tiles=tiles, budget=budget if budget is not None else "unpruned",
+                r.update(family=name, attn=attn, tiles=tiles, budget=budget if budget is not None else "unpruned",
                          prefill_ratio=r["prefill_ms"] / base["prefill_ms"],
                          decode_ratio=r["decode_ms_per_token"] / base["decode_ms_per_token"])
                 rows.append(r)
                 vis = f"{r['visual_before']}->{r['visual_after']}" if r["visual_before"] else "all"
-                print(f"{family:8} {attn:5} {tiles:5d} {str(r['budget']):>7} {vis:>11} {r['prefill_ms']:10.2f} "
+                print(f"{name:8} {attn:5} {tiles:5d} {str(r['budget']):>7} {vis:>11} {r['prefill_ms']:10.2f} "
                       f"{r['decode_ms_per_token']:13.2f} {r['peak_gib'] if r['peak_gib'] is not None else float('nan'):8.2f} "
                       f"{r['selection_ms'] if r['selection_ms'] is not None else float('nan'):9.2f} "
                       f"{r['prefill_ratio']:9.3f} {r['decode_ratio']:8.3f}", flush=True)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 import d2pruner
-from d2pruner import D2PrunerConfig, baselines, reference, resolve_budget
+from d2pruner import D2PrunerConfig, methods, reference, resolve_budget
 from d2pruner.__main__ import demo_inputs
 from d2pruner.fast import select_tokens as fast_select
 
@@ -104,9 +104,9 @@ def bench_one(device: str, n: int, b: int, d: int, ratio: float, config: D2Prune
     fns = {"matmul": lambda: torch.bmm(unit, unit.transpose(1, 2)),
            "fast": lambda: fast_select(attn, prior, feats, lay, n_keep, config)}
     if with_peers:  # the peers' selections on identical inputs (importance / relevance: the attention row)
-        fns.update(divprune=lambda: baselines.divprune_selection(feats, n_keep),
-                   cdpruner=lambda: baselines.cdpruner_selection(feats, attn, n_keep),
-                   mmr=lambda: baselines.mmr_selection(attn / prior, feats, n_keep))
+        fns.update(divprune=lambda: methods.divprune_selection(feats, n_keep),
+                   cdpruner=lambda: methods.cdpruner_selection(feats, attn, n_keep),
+                   mmr=lambda: methods.mmr_selection(attn / prior, feats, n_keep))
     t = timeit(fns, device, repeats if not with_peers else max(3, repeats // 3))
     t_matmul, t_fast = t["matmul"], t["fast"]
     row = dict(device=device, N=n, B=b, D=d, n_keep=n_keep[0], matmul_ms=1e3 * t_matmul, fast_ms=1e3 * t_fast,

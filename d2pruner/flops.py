@@ -33,8 +33,6 @@ __all__ = ["CONVENTIONS", "Convention", "FASTV", "LMDims", "check_schedule", "de
            "prefill_flops", "reduction", "vision_flops"]
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
-PAPER_CONFIGS = {"llava-hf/llava-1.5-7b-hf": "llava-1.5-7b-hf.json",
-                 "OpenGVLab/InternVL2_5-8B-MPO-hf": "internvl2_5-8b-mpo-hf.json"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,11 +92,18 @@ class LMDims:
 
 
 def paper_config(model_id: str) -> dict:
-    """The shipped config (a dict with its ``_source``) of ``llava-hf/llava-1.5-7b-hf`` or
-    ``OpenGVLab/InternVL2_5-8B-MPO-hf``."""
-    if model_id not in PAPER_CONFIGS:
-        raise ValueError(f"no shipped config for {model_id!r}; known: {sorted(PAPER_CONFIGS)}")
-    return json.loads((DATA / PAPER_CONFIGS[model_id]).read_text())
+    """The shipped full-size config (a dict with its ``_source``) of a model family's checkpoint
+    (``ModelFamily.checkpoint``, its file ``ModelFamily.flops_config`` under ``d2pruner/data``).
+
+    >>> paper_config("llava-hf/llava-1.5-7b-hf")["text_config"]["num_hidden_layers"]
+    32
+    """
+    from d2pruner.models.family import family_names, get_family
+
+    known = {get_family(name).checkpoint: get_family(name) for name in family_names()}
+    if model_id not in known:
+        raise ValueError(f"no shipped config for {model_id!r}; known: {sorted(known)}")
+    return known[model_id].shipped_config()
 
 
 def layer_flops(dims: LMDims, n_tokens: int, kv_len: int | None = None, convention: Convention = CONVENTIONS["exact"]) -> int:

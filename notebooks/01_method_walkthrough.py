@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from skimage import data
 
-from d2pruner import D2PrunerConfig, Role, TokenLayout, baselines, pivot_count, rank_order, reference, select_tokens, viz
+from d2pruner import D2PrunerConfig, Role, TokenLayout, methods, pivot_count, rank_order, reference, select_tokens, viz
 
 image = data.astronaut()
 SIDE, BUDGET = 24, 64
@@ -109,8 +109,8 @@ plt.show()
 
 # %%
 sel = select_tokens(attn, features, layout, BUDGET, prior=prior, config=cfg)
-fastv = baselines.fastv_selection(torch.tensor(attn)[None], [BUDGET])[0].tolist()
-divprune = baselines.divprune_selection(torch.tensor(features)[None], [BUDGET])[0].tolist()
+fastv = methods.fastv_selection(torch.tensor(attn)[None], [BUDGET])[0].tolist()
+divprune = methods.divprune_selection(torch.tensor(features)[None], [BUDGET])[0].tolist()
 fig, axes = plt.subplots(1, 3, figsize=(13, 4.5))
 viz.show_tokens(axes[0], image, SIDE, fastv, None, "FastV (raw attention)")
 viz.show_tokens(axes[1], image, SIDE, divprune, None, "DivPrune (diversity only)")

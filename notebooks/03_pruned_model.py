@@ -28,15 +28,18 @@ from skimage import data, transform
 from d2pruner import viz
 from d2pruner.flops import CONVENTIONS, LMDims, prefill_flops, reduction
 from d2pruner.models import internvl, llava, tiny
-from d2pruner.models.loading import CHECKPOINTS, build_inputs, load_model
+from d2pruner.models.family import get_family
+from d2pruner.models.loading import build_inputs, load_model
+
+CHECKPOINT = get_family("llava").checkpoint
 
 photo = data.astronaut()
 try:
-    model, processor, family = load_model(CHECKPOINTS["llava"], dtype=torch.float16,
+    model, processor, family = load_model(CHECKPOINT, dtype=torch.float16,
                                           device="cuda" if torch.cuda.is_available() else "cpu")
     inputs = build_inputs(processor, family, __import__("PIL.Image").Image.fromarray(photo), "What is in the image?",
                           device=model.device)
-    print("using the real checkpoint", CHECKPOINTS["llava"])
+    print("using the real checkpoint", CHECKPOINT)
 except OSError as err:
     print("real checkpoint unavailable ->", str(err).split(". ")[0])
     print("using the tiny random LLaVA instead (same architecture, 24x24 visual tokens)")
@@ -77,7 +80,7 @@ from d2pruner.flops import paper_config
 
 n_text = prompt_len - stats.n_visual_before
 for name, dims in (("this model", LMDims.from_config(model.config)),
-                   ("LLaVA-1.5-7B", LMDims.from_config(paper_config(CHECKPOINTS["llava"])))):
+                   ("LLaVA-1.5-7B", LMDims.from_config(paper_config(CHECKPOINT)))):
     conv = CONVENTIONS["exact"]
     before = prefill_flops(dims, n_text, [(0, 576)], conv)
     after = prefill_flops(dims, n_text, [(0, 576), (2, stats.n_visual_after)], conv)

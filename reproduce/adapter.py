@@ -9,14 +9,15 @@ do not (see the docs' evaluation notes):
 
 * batches of ``batch_size`` requests, padded on the left (pruning keeps the last token last);
 * the models' official prompts (LLaVA-1.5 ``vicuna_v1`` with images padded to a square; InternVL-2.5's
-  chat template with dynamic tiles), built by :mod:`d2pruner.models.loading`;
+  chat template with dynamic tiles), built by each family's record;
 * greedy decoding only, stop strings honoured (generation stops at them and the answer is cut there);
 * any error is raised, never turned into an empty answer;
 * every answer is appended to a per-sample cache file (``cache=``) as soon as its batch is done, and
   answers already there are not recomputed: a run killed at any moment resumes where it stopped.
 
-``pretrained=tiny_llava`` / ``tiny_internvl`` builds the tiny random models of
-:mod:`d2pruner.models.tiny` with their in-code processors (CPU smoke runs).
+``pretrained=tiny_<family>`` (``tiny_llava``, ``tiny_internvl``, ...) builds the family's tiny random
+model (:mod:`d2pruner.models.tiny`) with its in-code processor (CPU smoke runs). Everything that
+differs between model families comes from the family record (:mod:`d2pruner.models.family`).
 lmms-eval is imported lazily (:func:`adapter_class`), because importing it changes process-wide
 logging and warning filters.
 """
@@ -32,11 +33,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["GREEDY_KEYS", "SampleCache", "adapter_class", "manifest", "parse_budget"]
+__all__ = ["GREEDY_KEYS", "SampleCache", "adapter_class", "manifest", "parse_budget", "uses_prior"]
 
 #: The generation arguments a task may pass; anything else (sampling, beams) is refused.
 GREEDY_KEYS = {"until", "max_new_tokens", "temperature", "do_sample", "num_beams", "top_p", "top_k"}
-TINY = {"tiny_llava": "llava", "tiny_internvl": "internvl"}
 #: This process's id in the answer cache (``run`` of each line): which run computed an answer.
 RUN_ID = f"{os.getpid()}-{time.time_ns()}"
 
@@ -82,19 +82,29 @@ def process_device(device: str | None) -> str:
     return str(device)
 
 
-#: The methods that read the positional prior (every other one ignores it, and so do their fingerprints).
-NEEDS_PRIOR = ("d2pruner", "mmr-d2score")
+def uses_prior(method: str | None) -> bool:
+    """Whether the method of that name reads the positional prior (``Need.PRIOR``); every other method
+    ignores it, and so do their fingerprints.
+
+    >>> uses_prior("d2pruner"), uses_prior("mmr-d2score"), uses_prior("fastv"), uses_prior(None)
+    (True, True, False, False)
+    """
+    if method is None:
+        return False
+    from d2pruner.methods.base import Need, get_method
+
+    return Need.PRIOR in get_method(method).needs
 
 
 def run_fingerprint(*, pretrained: str, revision: str | None, method: str | None, budget: Any, config: str,
                     dtype: str, prior: str | None, max_tiles: int, max_new_tokens_cap: int | None) -> dict:
     """What identifies a run's answers: the answer cache refuses a file of another fingerprint, and a cell
     record of another fingerprint is computed again. The prior counts only for the methods that read it
-    (:data:`NEEDS_PRIOR`)."""
-    uses_prior = method in NEEDS_PRIOR and prior
+    (:func:`uses_prior`)."""
+    reads_prior = uses_prior(method) and prior
     return {"pretrained": pretrained, "revision": revision, "method": method,
             "budget": budget if method else None, "config": config, "dtype": dtype,
-            "prior_sha256": file_sha256(prior) if uses_prior else None, "max_tiles": int(max_tiles),
+            "prior_sha256": file_sha256(prior) if reads_prior else None, "max_tiles": int(max_tiles),
             "max_new_tokens_cap": max_new_tokens_cap}
 
 
@@ -193,24 +203,19 @@ def cut_at_stops(text: str, until: list[str]) -> str:
 
 
 def load(pretrained: str, *, revision: str | None, dtype: str, device: str, attn_implementation: str, max_tiles: int):
-    """``(model, processor, family)`` for a checkpoint id in the local cache, or a tiny in-code model."""
-    if pretrained in TINY:
-        from d2pruner.models import tiny, tiny_processor
+    """``(model, processor, family name)`` for a checkpoint id in the local cache, or a tiny in-code model
+    (``tiny_<family>``)."""
+    from d2pruner.models.family import get_family, tiny_name
 
-        family = TINY[pretrained]
-        build = tiny.tiny_llava if family == "llava" else tiny.tiny_internvl
-        model = build(attn_implementation=attn_implementation, dtype=getattr(torch, dtype)).to(device)
-        return model, tiny_processor.tiny_processor(family, max_tiles=max_tiles), family
+    name = tiny_name(pretrained)
+    if name is not None:
+        family = get_family(name)
+        model = family.tiny_model(attn_implementation=attn_implementation, dtype=getattr(torch, dtype)).to(device)
+        return model, family.tiny_processor(max_tiles=max_tiles), name
     from d2pruner.models.loading import load_model
 
     return load_model(pretrained, revision=revision, dtype=getattr(torch, dtype), device=device,
                       attn_implementation=attn_implementation)
-
-
-def tile_pixels(processor) -> int:
-    """The side of one InternVL tile in pixels, as the processor cuts them."""
-    size = processor.image_processor.size
-    return int(size["height"] if isinstance(size, dict) else size.height)
 
 
 def _make_class():
@@ -220,8 +225,8 @@ def _make_class():
     class D2PrunerLMM(lmms):
         """lmms-eval model ``d2pruner``: see :mod:`reproduce.adapter`.
 
-        model_args: ``pretrained`` (checkpoint id or ``tiny_llava``/``tiny_internvl``), ``method`` (a name
-        from :data:`d2pruner.methods.METHODS`, or ``none`` for the unpruned model), ``budget`` (``64`` or
+        model_args: ``pretrained`` (checkpoint id or ``tiny_<family>``), ``method`` (a name
+        from :func:`d2pruner.methods.method_names`, or ``none`` for the unpruned model), ``budget`` (``64`` or
         ``10%``), ``prior`` (path of a prior file), ``config`` (``default`` or ``localization``),
         ``batch_size``, ``device``, ``dtype``, ``attn_implementation``, ``max_tiles``, ``revision``, ``cache``
         (per-sample answer file; none = no cache), ``max_new_tokens_cap`` (smoke runs only: a bound on every
@@ -254,9 +259,9 @@ def _make_class():
             self.pretrained = pretrained
             self._device = torch.device(device)
             if model is not None:  # an already-loaded (model, processor, family), shared between rows
-                self.model, self.processor, self.family = model
+                self.model, self.processor, self.family_name = model
             else:
-                self.model, self.processor, self.family = load(
+                self.model, self.processor, self.family_name = load(
                     pretrained, revision=revision, dtype=dtype, device=device,
                     attn_implementation=attn_implementation, max_tiles=self.max_tiles)
             self.fingerprint = run_fingerprint(pretrained=pretrained, revision=revision, method=self.method,
@@ -288,46 +293,45 @@ def _make_class():
         def batch_size(self):
             return self.batch_size_per_gpu
 
+        @property
+        def family(self):
+            from d2pruner.models.family import get_family
+
+            return get_family(self.family_name)
+
         def _attach(self):
             if self.method is None:
                 return None
-            from d2pruner.models import internvl, llava
+            from d2pruner.models.handle import attach
             from d2pruner.spec import D2PrunerConfig
 
             cfg = D2PrunerConfig.for_localization() if self.config_name == "localization" else D2PrunerConfig()
-            prior = self.prior if self.method in NEEDS_PRIOR else None
-            method = self._method_object()
-            if self.family == "llava":
-                return llava.attach(self.model, self.budget, config=cfg, prior=prior, method=method)
-            return internvl.attach(self.model, self.budget, config=cfg, prior=prior, method=method,
-                                   max_tiles=self.max_tiles)
+            prior = self.prior if uses_prior(self.method) else None
+            options = {"max_tiles": self.max_tiles} if self.family.uses_max_tiles else {}
+            return attach(self.model, self.budget, family=self.family, config=cfg, prior=prior,
+                          method=self._method_object(), **options)
 
         def _method_object(self):
-            """The method by name; on the tiny LLaVA, CDPruner gets the tiny CLIP text tower built in code (the
-            real model loads ``openai/clip-vit-large-patch14-336`` from the local cache when attached)."""
-            from d2pruner.methods import get_method
+            """The method by name; on a tiny model of a family that supplies a text tower (LLaVA: CLIP's),
+            a method that needs one (CDPruner) gets the tiny CLIP text tower built in code (the real model
+            loads its tower from the local cache when attached)."""
+            from d2pruner.methods.base import Need, get_method
+            from d2pruner.models.family import tiny_name
 
-            if self.method == "cdpruner" and self.pretrained == "tiny_llava":
+            method = get_method(self.method)
+            if (tiny_name(self.pretrained) is not None and Need.TEXT_TOWER in method.needs
+                    and Need.TEXT_TOWER not in self.family.refuses):
                 from d2pruner.models import tiny
 
                 width = int(self.model.config.vision_config.hidden_size)
-                return get_method("cdpruner", text_tower=tiny.tiny_clip_text_tower(vision_width=width))
-            return self.method
+                return get_method(self.method, text_tower=tiny.tiny_clip_text_tower(vision_width=width))
+            return method
 
         def _eos_ids(self) -> list[int] | None:
-            """End-of-answer ids: the checkpoint's own, and for InternVL-2.5 its chat turn's end ``<|im_end|>``
-            whatever its generation config says (the answer ends with the assistant's turn)."""
-            if self.family != "internvl":
-                return None
-            own = self.model.generation_config.eos_token_id
-            ids = [] if own is None else [own] if isinstance(own, int) else list(own)
-            end = self.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-            if isinstance(end, int) and end != self.processor.tokenizer.unk_token_id:
-                ids.append(end)
-            return sorted(set(ids)) or None
+            """End-of-answer ids beyond the checkpoint's own (the family's: InternVL-2.5's ``<|im_end|>``)."""
+            return self.family.eos_ids(self.model, self.processor)
 
         def generate_until(self, requests) -> list[str]:
-            from d2pruner.models.internvl import tile_grid
             from d2pruner.models.loading import build_batch
 
             answers: list[str | None] = [None] * len(requests)
@@ -352,7 +356,7 @@ def _make_class():
                     settings = {json.dumps(r.args[1], sort_keys=True, default=str) for _, _, r in chunk}
                     groups = [chunk] if len(settings) == 1 else [[c] for c in chunk]
                     for group in groups:
-                        records = self._generate(group, handle, build_batch, tile_grid)
+                        records = self._generate(group, handle, build_batch)
                         for (i, _, _), record in zip(group, records):
                             answers[i] = record["answer"]
                         if cache is not None:
@@ -366,7 +370,7 @@ def _make_class():
                 answers[i] = answers[j]
             return answers
 
-        def _generate(self, group, handle, build_batch, tile_grid) -> list[dict]:
+        def _generate(self, group, handle, build_batch) -> list[dict]:
             images, questions = [], []
             for _, _, request in group:
                 context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
@@ -384,9 +388,8 @@ def _make_class():
                                  device=self.device)
             if handle is not None:  # the instruction of each item, as the task phrases it (CDPruner's relevance)
                 handle.set_instructions(questions)
-            if handle is not None and self.family == "internvl":
-                handle.set_tile_grids([tile_grid((im.height, im.width), self.max_tiles, tile_pixels=tile_pixels(self.processor))
-                                       for im in images])
+            if handle is not None:  # what the token ids do not say (InternVL's tile grids)
+                handle.set_item_hints(self.family.item_hints(self.processor, images, self.max_tiles))
             tokenizer = self.processor.tokenizer
             eos = self._eos_ids()  # passed only when set: eos_token_id=None would switch the checkpoint's own off
             with torch.inference_mode():
@@ -430,6 +433,10 @@ def adapter_class():
 def __getattr__(name: str):  # ``reproduce.adapter.D2PrunerLMM`` for lmms-eval's class path
     if name == "D2PrunerLMM":
         return adapter_class()
+    if name == "NEEDS_PRIOR":  # the registered methods that read the prior
+        from d2pruner.methods.base import method_names
+
+        return tuple(m for m in method_names() if uses_prior(m))
     raise AttributeError(name)
 
 

@@ -11,7 +11,8 @@ Three tables, printed and written as Markdown and CSV under ``--out``:
    pruning point (:func:`method_schedule`: at K = 2, before the LLM, or progressive stages under the
    package's equivalent-token rule; the budgets a progressive method cannot reach are marked so).
 
-The models' dimensions come from the configs shipped in ``d2pruner/data`` (see their ``_source``).
+The models are the table specs' (:func:`reproduce.specs.family_models`); their dimensions come from
+the configs shipped in ``d2pruner/data`` (see their ``_source``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import pathlib
 
 from d2pruner.flops import CONVENTIONS, LMDims, paper_config, prefill_flops, reduction
 
-LLAVA, INTERNVL = "llava-hf/llava-1.5-7b-hf", "OpenGVLab/InternVL2_5-8B-MPO-hf"
+# FAMILY: the printed name of each family's model in the tables below
+MODEL_NAMES = {"llava": "LLaVA-1.5-7B", "internvl": "InternVL-2.5-8B"}
 LLAVA_BUDGETS = (192, 128, 64)
 TEXT_LENGTHS = (32, 64, 128)
 PAPER_REDUCTION = 74.2  # abstract: LLaVA-1.5-7B, general understanding
@@ -31,6 +33,13 @@ K = 2
 TABLE_METHODS = {"D2Pruner": "d2pruner", "FastV": "fastv", "DART": "dart", "IDPruner-MMR": "mmr-d2score",
                  "VisionZip": "visionzip", "DivPrune": "divprune", "CDPruner": "cdpruner", "Random": "random",
                  "PyramidDrop": "pyramiddrop", "SparseVLM": "sparsevlm"}
+
+
+def model_id(family: str) -> str:
+    """The model id the table specs give ``family`` (``"llava"``, ``"internvl"``)."""
+    from reproduce.specs import family_models
+
+    return family_models()[family]
 
 
 def internvl_tokens(tiles: int) -> int:
@@ -42,31 +51,29 @@ def d2pruner_schedule(n_visual: int, n_keep: int, k: int = K) -> list[tuple[int,
 
 
 def method_schedule(method: str, n_visual: int, n_keep: int, layers: int = 32) -> list[tuple[int, int]]:
-    """``[(layer, visual tokens from that layer on), ...]`` of a method (a name in
-    :data:`d2pruner.methods.METHODS`) at its own pruning point: ``n_keep`` from layer K or from the
-    LLM's input, or a progressive method's stages under its equivalent-token rule (``n_keep`` = the
-    average over the layers; ``ValueError`` where that average cannot be reached).
+    """``[(layer, visual tokens from that layer on), ...]`` of a method (a registered name of
+    :mod:`d2pruner.methods`) at its own pruning point, its :meth:`~d2pruner.methods.base.Method.schedule`:
+    ``n_keep`` from layer K or from the LLM's input, or a progressive method's stages under its
+    equivalent-token rule (``n_keep`` = the average over the layers; ``ValueError`` where that average
+    cannot be reached).
 
     >>> method_schedule("fastv", 576, 64), method_schedule("divprune", 576, 64)
     ([(0, 576), (2, 64)], [(0, 64)])
     >>> method_schedule("pyramiddrop", 576, 192)
     [(0, 576), (8, 110), (16, 55), (24, 28)]
     """
-    from d2pruner.methods import get_method
+    from d2pruner.methods.base import get_method
 
-    m = get_method(method)
-    if hasattr(m, "stage_budgets"):
-        return [(0, n_visual)] + list(zip(m.stage_layers(layers), m.stage_budgets(n_visual, n_keep, layers)))
-    return d2pruner_schedule(n_visual, n_keep, m.default_layer if m.default_layer is not None else K)
+    return get_method(method).schedule(layers, n_visual, n_keep)
 
 
 def table_d2pruner() -> list[dict]:
     rows = []
-    cases = [(LLAVA, "LLaVA-1.5-7B", 576, f"{b}/576", b) for b in LLAVA_BUDGETS]
+    cases = [(model_id("llava"), MODEL_NAMES["llava"], 576, f"{b}/576", b) for b in LLAVA_BUDGETS]
     for tiles in (1, 6, 12):
         n = internvl_tokens(tiles)
         for pct in (25, 10):
-            cases.append((INTERNVL, "InternVL-2.5-8B", n, f"{pct}% of {n} ({tiles} tiles)", max(1, (n * pct + 50) // 100)))
+            cases.append((model_id("internvl"), MODEL_NAMES["internvl"], n, f"{pct}% of {n} ({tiles} tiles)", max(1, (n * pct + 50) // 100)))
     for model_id, model, n_visual, label, keep in cases:
         dims = LMDims.from_config(paper_config(model_id))
         for text in TEXT_LENGTHS:
@@ -79,7 +86,7 @@ def table_d2pruner() -> list[dict]:
 
 
 def table_search(max_text: int = 1000) -> list[dict]:
-    dims = LMDims.from_config(paper_config(LLAVA))
+    dims = LMDims.from_config(paper_config(model_id("llava")))
     rows = []
     for name, conv in CONVENTIONS.items():
         for keep in LLAVA_BUDGETS:
@@ -96,7 +103,7 @@ def table_search(max_text: int = 1000) -> list[dict]:
 
 
 def table_methods(text: int = 64, convention: str = "exact") -> list[dict]:
-    dims = LMDims.from_config(paper_config(LLAVA))
+    dims = LMDims.from_config(paper_config(model_id("llava")))
     conv = CONVENTIONS[convention]
     full = prefill_flops(dims, text, [(0, 576)], conv)
     rows = [{"method": "unpruned", "budget": 576, "schedule": "[(0, 576)]", "TFLOPs": round(full / 1e12, 4), "reduction": 0.0}]
@@ -114,38 +121,29 @@ def table_methods(text: int = 64, convention: str = "exact") -> list[dict]:
     return rows
 
 
-#: The visual tokens a table row's FLOPs are counted for: LLaVA-1.5's 576; InternVL-2.5 at 6 tiles + thumbnail
-#: (a typical 4:3 image; the real count varies per image), with 64 text tokens, exact convention.
-ROW_VISUAL_TOKENS = {LLAVA: 576, INTERNVL: internvl_tokens(6)}
+#: The text tokens a table row's FLOPs are counted for (the visual tokens: :data:`reproduce.specs.ROW_VISUAL_TOKENS`).
 ROW_TEXT_TOKENS = 64
 
 
-def row_tflops(model_id: str, method: str | None, budget: str, text: int = ROW_TEXT_TOKENS,
+def row_tflops(spec: dict, method: str | None, budget: str, text: int = ROW_TEXT_TOKENS,
                convention: str = "exact") -> float:
-    """Prefill TFLOPs of a table row: the full-size model, ``method`` (a name from
-    :data:`d2pruner.methods.METHODS`, None = unpruned) at ``budget`` (``"64"`` or ``"10%"``), pruning at the
-    method's own point (before the LLM, at layer K, or progressive stages).
+    """Prefill TFLOPs of a table row: the spec's full-size model, ``method`` (a registered name of
+    :mod:`d2pruner.methods`, None = unpruned) at ``budget`` (``"64"`` or ``"10%"``), pruning at the
+    method's own point (before the LLM, at layer K, or progressive stages: :func:`reproduce.specs.row_schedule`).
 
-    >>> round(row_tflops(LLAVA, None, "576"), 2), round(row_tflops(LLAVA, "d2pruner", "64"), 2)
+    >>> from reproduce.specs import load_spec
+    >>> llava = load_spec("table1")
+    >>> round(row_tflops(llava, None, "576"), 2), round(row_tflops(llava, "d2pruner", "64"), 2)
     (8.5, 2.09)
-    >>> row_tflops(LLAVA, "pyramiddrop", "64")
+    >>> row_tflops(llava, "pyramiddrop", "64")
     Traceback (most recent call last):
     ...
     ValueError: pyramiddrop cannot average 64 visual tokens per layer: its first 8 of 32 layers see all 576; reachable averages lie between about 145 and 576
     """
-    from d2pruner.spec import resolve_budget
-    from reproduce.adapter import parse_budget
+    from reproduce.specs import row_schedule
 
-    if model_id not in ROW_VISUAL_TOKENS:
-        raise ValueError(f"no FLOPs model for {model_id!r}; known: {', '.join(ROW_VISUAL_TOKENS)}")
-    dims = LMDims.from_config(paper_config(model_id))
-    n_visual = ROW_VISUAL_TOKENS[model_id]
-    conv = CONVENTIONS[convention]
-    parsed = parse_budget(budget)
-    if method is None or parsed is None:
-        return prefill_flops(dims, text, [(0, n_visual)], conv) / 1e12
-    sched = method_schedule(method, n_visual, resolve_budget(parsed, n_visual), dims.layers)
-    return prefill_flops(dims, text, sched, conv) / 1e12
+    sched = row_schedule(spec, method, budget)
+    return prefill_flops(LMDims.from_config(paper_config(spec["model"]["id"])), text, sched, CONVENTIONS[convention]) / 1e12
 
 
 def markdown(rows: list[dict]) -> str:

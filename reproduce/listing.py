@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import csv
-import json
-import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SPECS = pathlib.Path(__file__).resolve().parent / "specs"
+from reproduce.specs import ROOT, TABLES, load_spec
 
 
 def summaries() -> list[dict]:
     """One summary per table spec: model, rows (implemented or not), columns, known paper cells."""
-    from reproduce.run import select_rows
+    from reproduce.specs import select_rows
 
     out = []
-    for path in sorted(SPECS.glob("table*.json")):
-        spec = json.loads(path.read_text())
+    for table in TABLES:
+        spec = load_spec(table)
         with open(ROOT / spec["paper_file"], encoding="utf-8") as f:
             paper = list(csv.DictReader(f))
         known = sum(r["value"] != "unknown" for r in paper)
@@ -37,5 +34,5 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  not run: {label}: {why.split(': ')[0] if len(why) > 100 else why}")
         print(f"  columns: {', '.join(s['columns'])}")
         print(f"  paper cells known: {s['known_cells']} of {s['paper_cells']}")
-    print("Run a table: python -m reproduce table1|table2|table3 [--smoke] [--rows ...] [--columns ...] [--limit N] [--out DIR]")
+    print(f"Run a table: python -m reproduce {'|'.join(TABLES)} [--smoke] [--rows ...] [--columns ...] [--limit N] [--out DIR]")
     return 0

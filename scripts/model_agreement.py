@@ -26,7 +26,8 @@ from model_inputs import FAMILIES, dropped_positions, left_padded_batch, masked_
 
 import d2pruner  # noqa: E402
 from d2pruner import D2PrunerConfig  # noqa: E402
-from d2pruner.models import internvl, llava, tiny  # noqa: E402
+from d2pruner.models.family import get_family  # noqa: E402
+from d2pruner.models.handle import attach  # noqa: E402
 from d2pruner.models.prior import attention_rows  # noqa: E402
 
 
@@ -36,17 +37,15 @@ def to(batch, device):
 
 @torch.no_grad()
 def measure(family: str, attn: str, device: str) -> dict:
-    build = tiny.tiny_llava if family == "llava" else tiny.tiny_internvl
-    model = build(attn_implementation=attn).to(device)
+    fam = get_family(family)
+    model = fam.tiny_model(attn_implementation=attn).to(device)
     batch, items = left_padded_batch(family, [(3, 4), (6, 2)])
     batch = to(batch, device)
     k = D2PrunerConfig().prune_layer
-    mod = llava if family == "llava" else internvl
 
     def attach(budget):
-        h = mod.attach(model, budget)
-        if family == "internvl":
-            h.set_tile_grids(items.grids)
+        h = attach(model, budget, family=fam)
+        h.set_item_hints(items.grids)
         return h
 
     row = {"family": family, "attn": attn, "device": device}

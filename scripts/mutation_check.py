@@ -64,58 +64,58 @@ MUTANTS = {
         "d2pruner/fast/mis.py", "(rank[:, None, :] < rank[:, :, None])", "(rank[:, None, :] > rank[:, :, None])"),
     "fast MIS stops one early": ("d2pruner/fast/mis.py", "(settled < limit)", "(settled < limit - 1)"),
     "fast MIS keeps one too many": ("d2pruner/fast/mis.py", "dim=1) <= limit[:, None])", "dim=1) <= limit[:, None] + 1)"),
-    "hooks: rotary cos/sin not cut with the tokens": (
-        "d2pruner/models/hooks.py", "(gather3(self._orig[\"cos\"]), gather3(self._orig[\"sin\"]))",
-        "(self._orig[\"cos\"][:, -new_len:].expand(b, -1, -1), self._orig[\"sin\"][:, -new_len:].expand(b, -1, -1))"),
-    "hooks: left-padding dummies visible as keys": (
-        "d2pruner/models/hooks.py", "        visible = visible & slot_valid[:, None, :]\n", ""),
-    "hooks: attention row ignores the padding mask": (
-        "d2pruner/models/hooks.py", "scores.masked_fill(~row, float(\"-inf\")) if row.dtype == torch.bool else scores + row.float()",
-        "scores"),
-    "hooks: decoding mask columns misaligned with the cache": (
-        "d2pruner/models/hooks.py", "cols = torch.cat([index, new_cols.expand(b, -1)], dim=1)",
+    "models: rotary cos/sin not cut with the tokens": (
+        "d2pruner/models/cutting.py", "(gather3(orig[\"cos\"]), gather3(orig[\"sin\"]))",
+        "(orig[\"cos\"][:, -new_len:].expand(b, -1, -1), orig[\"sin\"][:, -new_len:].expand(b, -1, -1))"),
+    "models: left-padding dummies visible as keys": (
+        "d2pruner/models/cutting.py", "    visible = visible & slot_valid[:, None, :]\n", ""),
+    "models: attention row ignores the padding mask": (
+        "d2pruner/models/attention.py", "scores = _apply_mask(scores, attention_mask[:, :, -1:, :])", "scores = scores"),
+    "models: decoding mask columns misaligned with the cache": (
+        "d2pruner/models/cutting.py", "cols = torch.cat([index, new_cols.expand(b, -1)], dim=1)",
         "cols = torch.cat([index.roll(1, dims=1), new_cols.expand(b, -1)], dim=1)"),
     "baselines: DPP forgets the Cholesky update": (
-        "d2pruner/baselines.py", "residual = residual - e * e", "residual = residual - 0 * e"),
+        "d2pruner/methods/cdpruner.py", "residual = residual - e * e", "residual = residual - 0 * e"),
     "baselines: DivPrune max-max instead of max-min": (
-        "d2pruner/baselines.py", "min_dist = torch.minimum(min_dist,", "min_dist = torch.maximum(min_dist,"),
+        "d2pruner/methods/divprune.py", "min_dist = torch.minimum(min_dist,", "min_dist = torch.maximum(min_dist,"),
     "baselines: MMR without the redundancy term": (
-        "d2pruner/baselines.py", "score = lam * imp - (1.0 - lam) * max_sim", "score = lam * imp - 0.0 * max_sim"),
+        "d2pruner/methods/mmr.py", "score = lam * imp - (1.0 - lam) * max_sim", "score = lam * imp - 0.0 * max_sim"),
     "baselines: DART pivots by the smallest key norms": (
-        "d2pruner/baselines.py", "img_piv = rank_order(key_norms.double())", "img_piv = rank_order(-key_norms.double())"),
-    "hooks: pre-LLM pruning keeps the original positions": (
-        "d2pruner/models/hooks.py", "new_pos = (pos_ids - dropped_before).clamp(min=0).gather(1, index)",
+        "d2pruner/methods/dart.py", "img_piv = rank_order(key_norms.double())", "img_piv = rank_order(-key_norms.double())"),
+    "models: pre-LLM pruning keeps the original positions": (
+        "d2pruner/models/cutting.py", "new_pos = (pos_ids - dropped_before).clamp(min=0).gather(1, index)",
         "new_pos = pos_ids.gather(1, index)"),
-    "hooks: progressive decoding reuses the first stage's mask": (
-        "d2pruner/models/hooks.py", "stage = max(j for j, s in enumerate(self.stage_layers) if s <= layer_idx)", "stage = 0"),
-    "hooks: progressive stage keeps the previous stage's hidden states unaligned": (
-        "d2pruner/models/hooks.py", "src = slot_of.gather(1, index)  # (B, L') current slot", "src = index.clamp(max=n_cur - 1)  # (B, L') current slot"),
+    "models: progressive decoding reuses the first stage's mask": (
+        "d2pruner/models/handle.py", "stage = max(j for j, s in enumerate(self.stage_layers) if s <= layer_idx)", "stage = 0"),
+    "models: progressive stage keeps the previous stage's hidden states unaligned": (
+        "d2pruner/models/cutting.py", "src = slot_of.gather(1, index)  # (B, L') current slot", "src = index.clamp(max=n_cur - 1)  # (B, L') current slot"),
     "fast scores in float32": ("d2pruner/fast/debias.py", "torch.float64", "torch.float32"),
     "baselines: VisionZip dominant by the lowest [CLS] attention": (
-        "d2pruner/baselines.py", "dominant = torch.sort(rank_order(cls_attention.to(torch.float64))",
+        "d2pruner/methods/visionzip.py", "dominant = torch.sort(rank_order(cls_attention.to(torch.float64))",
         "dominant = torch.sort(rank_order(-cls_attention.to(torch.float64))"),
     "baselines: VisionZip contextual = target + mean(members) (the public code's sum)": (
-        "d2pruner/baselines.py", "out.append(features[members].mean(dim=0))",
+        "d2pruner/methods/visionzip.py", "out.append(features[members].mean(dim=0))",
         "out.append(features[members[:1]].sum(dim=0) + features[members[1:]].mean(dim=0).nan_to_num())"),
-    "hooks: merged tokens not written into their slots": (
-        "d2pruner/models/hooks.py", "h[i, new_slot[orig]] = sel.features.to(device=device, dtype=h.dtype)", "pass"),
-    "hooks: [CLS] attention of the last patch instead of [CLS]": (
-        "d2pruner/models/hooks.py", "q = attn.q_proj(hidden_states[:, :1])", "q = attn.q_proj(hidden_states[:, -1:])"),
+    "models: merged tokens not written into their slots": (
+        "d2pruner/models/cutting.py", "h[i, new_slot[orig]] = features.to(device=device, dtype=h.dtype)", "pass"),
+    "models: [CLS] attention of the last patch instead of [CLS]": (
+        "d2pruner/models/attention.py", "q = attn.q_proj(hidden_states[:, :1])", "q = attn.q_proj(hidden_states[:, -1:])"),
     "methods: CDPruner relevance never negated": (
-        "d2pruner/methods.py", "return -rel if self.negate_relevance else rel", "return rel"),
+        "d2pruner/methods/cdpruner.py", "return -raw if negate_relevance else raw", "return raw"),
     "clip_text: relevance from the first text segment only": (
         "d2pruner/models/clip_text.py", "return (img @ txt.T).mean(dim=1)", "return (img @ txt[:1].T).mean(dim=1)"),
     "baselines: SparseVLM raters below the mean": (
-        "d2pruner/baselines.py", "raters = rel > rel.mean()", "raters = rel < rel.mean()"),
+        "d2pruner/methods/sparsevlm.py", "raters = rel > rel.mean()", "raters = rel < rel.mean()"),
     "baselines: SparseVLM recycles the worst dropped tokens": (
-        "d2pruner/baselines.py", "candidates = dropped[:_candidates(len(dropped))]",
+        "d2pruner/methods/sparsevlm.py", "candidates = dropped[:_candidates(len(dropped))]",
         "candidates = dropped.flip(0)[:_candidates(len(dropped))]"),
-    "hooks: a decoded image-token id taken for an image": (
-        "d2pruner/models/hooks.py", "if input_ids is not None and not decoding else None", "if input_ids is not None else None"),
-    "hooks: DART text pivots from every non-visual token (BOS, system prompt)": (
-        "d2pruner/models/hooks.py", "text = cur_valid[i] & (cur_index[i] > pos.max())", "text = cur_valid[i] & (cur_ord < 0)"),
+    "models: a decoded image-token id taken for an image": (
+        "d2pruner/models/handle.py", "if input_ids is not None and not decoding else None", "if input_ids is not None else None"),
+    "models: DART text pivots from every non-visual token (BOS, system prompt)": (
+        "d2pruner/models/probes.py", "text = ctx.cur_valid[i] & (ctx.cur_index[i] > pos.max())",
+        "text = ctx.cur_valid[i] & ~torch.isin(ctx.cur_index[i], pos)"),
     "methods: PyramidDrop scores with the layer before each stage": (
-        "d2pruner/methods.py", "    scores_at_stage_layer: bool = True\n", "    scores_at_stage_layer: bool = False\n"),
+        "d2pruner/methods/pyramiddrop.py", "    scores_at_stage_layer = True\n", "    scores_at_stage_layer = False\n"),
     "adapter: a padded duplicate request answered twice": (
         "reproduce/adapter.py", "elif key in first:", "elif False:"),
     "run: a record of another configuration reused": (
@@ -125,13 +125,11 @@ MUTANTS = {
     "run: another run's answers not set aside": (
         "reproduce/run.py", "        if head == want:\n            continue", "        if True:\n            continue"),
     "adapter: the prior in the fingerprint of rows that do not read it": (
-        "reproduce/adapter.py", "uses_prior = method in NEEDS_PRIOR and prior", "uses_prior = prior"),
-    "hooks: pre-encoded images after a cache taken for decoding": (
-        "d2pruner/models/hooks.py", 'and not kwargs.get("mm_encoder_outputs"))', "and True)"),
-    "hooks: rater rows ignore the attention mask": (
-        "d2pruner/models/hooks.py",
-        "        rows = attention_mask[:, :, queries, :]  # (1, 1, Q, L)\n        scores = scores.masked_fill(~rows, float(\"-inf\")) if rows.dtype == torch.bool else scores + rows.float()",
-        "        pass"),
+        "reproduce/adapter.py", "reads_prior = uses_prior(method) and prior", "reads_prior = prior"),
+    "models: pre-encoded images after a cache taken for decoding": (
+        "d2pruner/models/handle.py", 'and not kwargs.get("mm_encoder_outputs"))', "and True)"),
+    "models: rater rows ignore the attention mask": (
+        "d2pruner/models/attention.py", "scores = _apply_mask(scores, attention_mask[:, :, queries, :])", "scores = scores"),
 }
 
 
@@ -146,7 +144,8 @@ def run_mutant(name: str, path: str, old: str, new: str) -> tuple[bool, str]:
         target.write_text(text.replace(old, new))
         env = {**os.environ, "HYPOTHESIS_PROFILE": "dev", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(dst)}
         # The tests most likely to notice first (seconds), then, if they all pass, the whole suite.
-        quick = (QUICK_MODELS if path.startswith("d2pruner/models/") or path == "d2pruner/methods.py" else
+        quick = (QUICK_MODELS if path.startswith("d2pruner/models/") else
+                 QUICK_CORE + QUICK_MODELS if path.startswith("d2pruner/methods/") else
                  QUICK_REPRODUCE if path.startswith("reproduce/") else QUICK_CORE)
         for targets in (quick, []):
             proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "--no-header", "-rf", *targets],

@@ -117,15 +117,15 @@ def check_every_method_of_the_tables_answers_through_the_adapter():
     """Each method a table row names, by name through the adapter, on the tiny model of each family that
     accepts it: exact budgets recorded, and CDPruner's kept tokens follow the instruction it is given."""
     from d2pruner.methods import get_method
-    from d2pruner.models import internvl
-    from reproduce import run
+    from d2pruner.models.family import get_family
+    from reproduce.specs import TABLES, load_spec
 
-    keys = sorted({k for t in run.TABLES for k in run.load_spec(t)["method_keys"].values() if k})
+    keys = sorted({k for t in TABLES for k in load_spec(t)["method_keys"].values() if k})
     assert {"sparsevlm", "visionzip", "cdpruner", "pyramiddrop"} <= set(keys), keys
     ran = []
     for family, budget, want in (("llava", "45%", 259), ("internvl", "45%", None)):
         for key in keys:
-            if family == "internvl" and internvl.unsupported(get_method(key)) is not None:
+            if get_family(family).refusal(get_method(key)) is not None:
                 continue
             cache = pathlib.Path(tempfile.mkdtemp()) / "answers.jsonl"
             answers = model(family, method=key, budget=budget, batch_size=2, cache=str(cache)).generate_until(requests(3))

@@ -79,7 +79,7 @@ class _Kept:
 def masked_reference_hooks(model, prune_layer, dropped):
     """Keep every token but hide the dropped ones as keys from layer ``prune_layer`` on (a dropped
     query row sees only itself). For progressive pruning pass lists: stage layers and, per stage,
-    the tokens dropped by then. Written independently of d2pruner.models.hooks."""
+    the tokens dropped by then. Written independently of d2pruner.models.handle and cutting."""
     layers = model.model.language_model.layers
     stages = list(zip(prune_layer, dropped)) if isinstance(prune_layer, (list, tuple)) else [(prune_layer, dropped)]
 

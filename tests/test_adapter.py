@@ -35,11 +35,11 @@ def test_llava_prompt_is_vicuna_v1_and_images_are_padded_to_a_square():
     wide = Image.new("RGB", (96, 48), (255, 255, 255))
     batch = loading.build_batch(proc, "llava", [wide, Image.new("RGB", (48, 48))], ["Short?", "A longer question?"])
     text = proc.tokenizer.decode(batch["input_ids"][1][batch["attention_mask"][1].bool()]).replace("<image>" * 576, "<image>")
-    assert text == f"{loading.LLAVA_SYSTEM} USER: <image>\nA longer question? ASSISTANT:"
+    assert text == f"{llava.LLAVA_SYSTEM} USER: <image>\nA longer question? ASSISTANT:"
     assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][0, -1] == 1  # left padding
     # the top quarter of the padded square is the mean colour, normalised by CLIP's statistics
     mean, std = np.array(proc.image_processor.image_mean), np.array(proc.image_processor.image_std)
-    pad = (np.array(loading.LLAVA_PAD_COLOUR) / 255 - mean) / std
+    pad = (np.array(llava.LLAVA_PAD_COLOUR) / 255 - mean) / std
     top = batch["pixel_values"][0, :, :10].mean(dim=(1, 2)).numpy()
     centre = batch["pixel_values"][0, :, 24].mean(dim=1).numpy()
     np.testing.assert_allclose(top, pad, atol=0.02)

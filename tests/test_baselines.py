@@ -7,8 +7,8 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from d2pruner.baselines import (cdpruner_order, cdpruner_selection, divprune_order, divprune_selection,
-                                fastv_selection, mmr_order, mmr_selection, random_selection)
+from d2pruner.methods import (cdpruner_order, cdpruner_select, cdpruner_selection, divprune_order, divprune_selection,
+                              fastv_selection, mmr_order, mmr_selection, random_selection)
 
 
 @st.composite
@@ -161,12 +161,30 @@ def test_cdpruner_after_the_kernel_rank_is_exhausted():
         assert alone[2:].tolist() == rest[:4], "past the rank, picks must take the lowest remaining indices"
 
 
+@given(batch(max_n=12))
+def test_cdpruner_select_negates_the_tower_relevance_by_default(data):
+    """The plain-tensor entry reads the text tower's raw cosine: negated (CDPruner's code for CLIP) by
+    default, as is with ``negate_relevance=False``."""
+    feats, cos, n_keep = data
+    negated, plain = cdpruner_select(feats, cos, n_keep), cdpruner_select(feats, cos, n_keep, negate_relevance=False)
+    assert torch.equal(negated, cdpruner_selection(feats, -cos, n_keep))
+    assert torch.equal(plain, cdpruner_selection(feats, cos, n_keep))
+
+
+def test_cdpruner_select_follows_the_sign_of_the_relevance():
+    """Two distinct directions, the most relevant token first: the sign decides which one leads."""
+    feats = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0]]])
+    cos = torch.tensor([[0.9, 0.1, 0.8, 0.2]])
+    assert cdpruner_select(feats, cos, [1], negate_relevance=False).tolist() == [[0]]
+    assert cdpruner_select(feats, cos, [1]).tolist() == [[1]]
+
+
 @given(batch(max_n=20), st.integers(0, 4), st.integers(0, 3))
 @example((torch.tensor([[[0.1257]]], dtype=torch.float64), torch.tensor([[0.2698]], dtype=torch.float64), [1]), 0, 0)
 def test_dart_keeps_the_key_norm_pivots_and_claims_the_least_similar(data, n_img, n_txt):
     from hypothesis import assume
 
-    from d2pruner.baselines import dart_selection
+    from d2pruner.methods import dart_selection
 
     feats, scores, n_keep = data
     f, norms, k = feats[0], scores[0], n_keep[0]
@@ -193,7 +211,7 @@ def test_visionzip_dominant_targets_assignment_and_merge(data, c_shift):
     """VisionZip step by step: dominant = top-D of the [CLS] attention (ties to the lower index); targets
     = every max(1, R // C)-th remaining token; the rest go to the key-most-similar target (lower target on
     ties); a contextual token is the mean of its target and its assigned tokens; D + C = the budget."""
-    from d2pruner.baselines import visionzip_merge, visionzip_selection, visionzip_split
+    from d2pruner.methods import visionzip_merge, visionzip_selection, visionzip_split
 
     feats, scores, n_keep = data
     keys, cls, k = feats[0], scores[0], n_keep[0]
@@ -223,7 +241,7 @@ def test_visionzip_dominant_targets_assignment_and_merge(data, c_shift):
 
 
 def test_visionzip_split_reproduces_the_published_settings_and_sums_to_the_budget():
-    from d2pruner.baselines import visionzip_split
+    from d2pruner.methods import visionzip_split
 
     assert [visionzip_split(k) for k in (64, 128, 192)] == [(54, 10), (108, 20), (162, 30)]
     for k in range(1, 3000):
@@ -232,7 +250,7 @@ def test_visionzip_split_reproduces_the_published_settings_and_sums_to_the_budge
 
 
 def test_visionzip_ties_go_to_the_lower_index():
-    from d2pruner.baselines import visionzip_selection
+    from d2pruner.methods import visionzip_selection
 
     cls = torch.tensor([0.3, 0.3, 0.3, 0.1, 0.1, 0.1, 0.1])
     keys = torch.tensor([[1.0, 0.0]] * 7)  # every key alike: each merged token ties between both targets
@@ -243,7 +261,7 @@ def test_visionzip_ties_go_to_the_lower_index():
 
 @given(batch(max_n=16))
 def test_sparsevlm_raters_are_the_text_tokens_above_the_mean_relevance(data):
-    from d2pruner.baselines import sparsevlm_raters
+    from d2pruner.methods import sparsevlm_raters
 
     feats, _, _ = data
     visual, text = feats[0].numpy(), feats[-1].numpy()[:5]
@@ -261,7 +279,7 @@ def test_sparsevlm_raters_are_the_text_tokens_above_the_mean_relevance(data):
 
 @given(st.integers(1, 3000), st.data())
 def test_sparsevlm_counts_fill_the_budget_exactly(n, data):
-    from d2pruner.baselines import sparsevlm_counts
+    from d2pruner.methods import sparsevlm_counts
 
     k = data.draw(st.integers(1, n))
     sel, rec = sparsevlm_counts(n, k)
@@ -287,7 +305,7 @@ def _dpc_reference(x, k):
 def test_sparsevlm_stage_selects_by_the_raters_and_recycles_by_density_peaks(data, draw):
     from hypothesis import assume
 
-    from d2pruner.baselines import sparsevlm_counts, sparsevlm_selection
+    from d2pruner.methods import sparsevlm_counts, sparsevlm_selection
 
     feats, scores, n_keep = data
     f, score, k = feats[0], scores[0], n_keep[0]

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from d2pruner.baselines import fastv_selection
+from d2pruner.methods import fastv_selection
 from d2pruner.methods import METHODS, get_method
 from d2pruner.models import internvl, llava, tiny
 from d2pruner.models.prior import attention_rows
@@ -151,7 +151,7 @@ def test_dart_in_the_model_reads_layer_k_minus_1_keys_and_the_question(family):
     """DART's inputs rebuilt from the model's own ``output_hidden_states``: the L1 norms of layer K-1's
     keys after RoPE, text pivots among the tokens after the image only, cosines of the hidden states
     entering layer K after the final norm; the kept tokens are DART's rule on them."""
-    from d2pruner.baselines import dart_selection
+    from d2pruner.methods import dart_selection
 
     model = family_model(family)
     batch, items = left_padded_batch(family, [(5, 4)])  # one item, no padding: positions 0..L-1

@@ -26,19 +26,22 @@ import time
 import pandas as pd
 import pytest
 
-from reproduce.tasks import STOCK_TASKS, TASK_DIR, dataset_ids, missing_data, task_name, write_smoke_tasks
-from reproduce.tasks.smoke import FunctionRef, load_task_yaml, write_hub_cache
+from reproduce import benchmarks, specs
+from reproduce.benchmarks import refcoco
+from reproduce.tasks import TASK_DIR, dataset_ids, missing_data, task_name, write_smoke_tasks
+from reproduce.tasks.smoke import load_task_yaml, write_hub_cache
 from reproduce.tasks.utils import REC_PROMPT, parse_internvl_box
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ALL = list(STOCK_TASKS)
-REC = [s for s in ALL if STOCK_TASKS[s].family == "rec"]
+ALL = [b.stock for b in benchmarks.all_benchmarks()]
+REC = [b.stock for b in refcoco.BENCHMARKS]
 N = 4
 EXACT = dict(abs=1e-12, rel=0)  # "exact" for sums of a few binary fractions
 
 
-def _specs():
-    return [json.loads(p.read_text()) for p in sorted((ROOT / "reproduce" / "specs").glob("table*.json"))]
+def _spec_benchmarks():
+    """``(table, benchmark record)`` of every benchmark column of every table spec."""
+    return [(t, b) for t in specs.TABLES for b in specs.benchmark_columns(specs.load_spec(t))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,17 +50,18 @@ def _specs():
 
 
 def test_every_spec_column_has_an_overlay_task():
-    columns = [c for spec in _specs() for c in spec["columns"] if "task" in c]
-    assert columns, "no spec column names a task"
-    for column in columns:
-        name = task_name(column["task"])
-        assert (TASK_DIR / f"{name}.yaml").is_file(), name
+    columns = _spec_benchmarks()
+    assert columns, "no spec column names a benchmark"
+    for _, bench in columns:
+        assert task_name(bench.stock) == bench.task == f"d2p_{bench.stock}"
+        assert (TASK_DIR / f"{bench.task}.yaml").is_file(), bench.task
+        assert load_task_yaml(TASK_DIR / f"{bench.task}.yaml")["task"] == bench.task
 
 
 def test_the_overlays_cover_exactly_the_known_stock_tasks():
     names = sorted(p.stem for p in TASK_DIR.glob("*.yaml"))
     assert names == sorted(task_name(s) for s in ALL)
-    assert len(ALL) == 16
+    assert len(ALL) == len(set(ALL)) == len({b.name for b in benchmarks.all_benchmarks()})
 
 
 @pytest.mark.parametrize("bad", ["vqav2_testdev", "d2p_pope", "POPE", ""])
@@ -72,18 +76,33 @@ def test_task_name_rejects_unknown_tasks_naming_them(bad):
         write_smoke_tasks([bad], "/nonexistent/never/written")
 
 
-def test_dataset_ids_are_the_ones_lmms_eval_0_7_3_uses():
-    stock = {"gqa": "GQA", "mmbench_en_dev": "MMBench", "mmbench_cn_dev": "MMBench", "mme": "MME", "pope": "POPE",
-             "scienceqa_img": "ScienceQA", "vqav2_val": "VQAv2", "textvqa_val": "textvqa"}
-    for task, repo in stock.items():
-        assert dataset_ids(task) == [f"lmms-lab-encoder/{repo}"]
-    for task in REC:
-        repo = {"refcoco": "RefCOCO", "refcoco+": "RefCOCOplus", "refcocog": "RefCOCOg"}[task.split("_bbox")[0]]
-        assert dataset_ids(task) == [f"lmms-lab-encoder/{repo}"]
+def _stock_yaml(stock):
+    """The installed lmms-eval's own YAML of a stock task, its ``include`` chain merged (without importing lmms-eval)."""
+    import importlib.util
+
+    root = pathlib.Path(importlib.util.find_spec("lmms_eval").submodule_search_locations[0]) / "tasks"
+
+    def load(path):
+        config = load_task_yaml(path)
+        base = load(path.parent / config.pop("include")) if "include" in config else {}
+        return {**base, **config}
+
+    found = [c for c in map(load, root.rglob(f"{stock}.yaml")) if c.get("task") == stock]
+    assert len(found) == 1, (stock, len(found))
+    return found[0]
+
+
+@pytest.mark.parametrize("stock", ALL)
+def test_dataset_ids_are_the_ones_lmms_eval_0_7_3_uses(stock):
+    bench = benchmarks.by_stock(stock)
+    stock_config = _stock_yaml(stock)
+    assert (bench.data[0].repo, bench.data[0].config) == (stock_config["dataset_path"],
+                                                          stock_config.get("dataset_name") or "default")
+    assert dataset_ids(stock) == bench.dataset_ids and all(r.startswith("lmms-lab-encoder/") for r in bench.dataset_ids)
     # ... and the ones our real YAMLs load
-    for task in ALL:
-        config = load_task_yaml(TASK_DIR / f"{task_name(task)}.yaml")
-        assert config["dataset_path"] in dataset_ids(task)
+    config = load_task_yaml(TASK_DIR / f"{task_name(stock)}.yaml")
+    assert config["dataset_path"] == bench.data[0].repo
+    assert (config.get("dataset_name") or "default") == bench.data[0].config
 
 
 def test_missing_data_on_an_empty_cache_lists_every_dataset(tmp_path):
@@ -157,29 +176,17 @@ def test_smoke_rejects_bad_arguments(tmp_path):
         write_smoke_tasks("pope", tmp_path)
 
 
-SCHEMAS = {
-    "pope": {"question_id", "question", "answer", "image_source", "image", "category"},
-    "mme": {"question_id", "question", "answer", "category", "image"},
-    "scienceqa": {"image", "question", "choices", "answer", "hint"},
-    "vqav2": {"question_id", "question", "image", "answers", "multiple_choice_answer"},
-    "textvqa": {"question_id", "question", "image", "answers", "ocr_tokens"},
-    "mmbench_en": {"index", "question", "hint", "A", "B", "C", "D", "answer", "category", "L2-category", "source",
-                   "split", "comment", "image"},
-    "rec": {"question_id", "image", "bbox", "answer"},
-    "gqa": {"id", "imageId", "question", "answer"},
-}
-SCHEMAS["mmbench_cn"] = SCHEMAS["mmbench_en"]
-
-
 @pytest.mark.parametrize("stock", ALL)
 def test_smoke_files_have_the_real_columns(smoke_dir, stock):
-    family = STOCK_TASKS[stock].family
+    schema = benchmarks.by_stock(stock).schema
     table = _table(smoke_dir, stock)
-    assert SCHEMAS[family] <= set(table.columns), SCHEMAS[family] - set(table.columns)
+    assert schema and schema <= set(table.columns), schema - set(table.columns)
     assert len(table) == N
     if "image" in table.columns:
         assert all(isinstance(v["bytes"], bytes) and v["bytes"][:4] == b"\x89PNG" for v in table["image"])
-    if family == "gqa":
+    for data in benchmarks.by_stock(stock).data:
+        assert (smoke_dir / f"{stock}{data.smoke_suffix}.parquet").is_file(), data
+    if stock == "gqa":
         images = _table(smoke_dir, stock, "_images")
         assert set(images.columns) == {"id", "image"}
         assert set(table["imageId"]) <= set(images["id"])
@@ -229,11 +236,14 @@ def test_smoke_yaml_is_the_real_yaml_but_for_its_data(smoke_dir, stock):
     assert smoke["task"] == real["task"] == name
     assert smoke["dataset_path"] == "parquet"
     assert smoke["dataset_kwargs"] == {"data_files": {real["test_split"]: f"{stock}.parquet"}}
-    data_keys = {"dataset_path", "dataset_name", "dataset_kwargs"} | ({"process_docs"} if stock == "gqa" else set())
+    overrides = benchmarks.by_stock(stock).smoke_overrides
+    data_keys = {"dataset_path", "dataset_name", "dataset_kwargs"} | set(overrides)
     assert {k: v for k, v in smoke.items() if k not in data_keys} == {k: v for k, v in real.items() if k not in data_keys}
     assert all(type(smoke[k]) is type(real[k]) for k in smoke if k in real)  # FunctionRef stays a tag
-    if stock == "gqa":
-        assert smoke["process_docs"] == FunctionRef("d2p_smoke_gqa.process_docs")
+    for key, value in overrides.items():
+        assert smoke[key] == value and type(smoke[key]) is type(value)
+    for name in benchmarks.by_stock(stock).smoke_files:
+        assert (smoke_dir / name).is_file()
 
 
 def test_real_yamls_differ_from_stock_only_where_documented():
@@ -395,10 +405,8 @@ def test_contract_run_is_fast_and_leaves_no_files_behind(contract):
 
 @pytest.mark.lmms
 def test_every_spec_metric_key_is_reported(contract):
-    for spec in _specs():
-        for column in spec["columns"]:
-            if "task" in column:
-                _metric(contract, "right", column["task"], f"{column['metric']},none")
+    for _, bench in _spec_benchmarks():
+        _metric(contract, "right", bench.stock, f"{bench.metric},none")
 
 
 @pytest.mark.lmms
@@ -409,11 +417,10 @@ def test_lmms_eval_indexes_and_imports_every_real_task(contract):
 
 @pytest.mark.lmms
 def test_spec_scales_put_all_right_answers_at_100(contract):
-    for spec in _specs():
-        for column in spec["columns"]:
-            if "task" in column and column["task"] != "mme":  # MME: 200 per category, checked below
-                value = _metric(contract, "right", column["task"], f"{column['metric']},none")
-                assert value * column["scale"] == pytest.approx(100, **EXACT), (spec["table"], column)
+    for table, bench in _spec_benchmarks():
+        if bench.stock != "mme":  # MME: 200 per category, checked below
+            value = _metric(contract, "right", bench.stock, f"{bench.metric},none")
+            assert value * bench.scale == pytest.approx(100, **EXACT), (table, bench.name)
 
 
 @pytest.mark.lmms

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from d2pruner.baselines import visionzip_merge, visionzip_selection
+from d2pruner.methods import visionzip_merge, visionzip_selection
 from d2pruner.models import internvl, llava, tiny
-from d2pruner.models.hooks import cls_attention_and_keys
+from d2pruner.models.attention import cls_attention_and_keys
 from model_inputs import left_padded_batch
 
 
@@ -125,7 +125,7 @@ def test_visionzip_refuses_internvl_and_in_llm_layers():
 
 # --- CDPruner -----------------------------------------------------------------------------------------
 
-from d2pruner.baselines import cdpruner_selection  # noqa: E402
+from d2pruner.methods import cdpruner_selection  # noqa: E402
 from d2pruner.methods import get_method  # noqa: E402
 from d2pruner.models.clip_text import load_clip_text_tower  # noqa: E402
 

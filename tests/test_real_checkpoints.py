@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from d2pruner.models import internvl, llava
-from d2pruner.models.loading import CHECKPOINTS, build_inputs, load_model
+from d2pruner.models.family import family_names, get_family
+from d2pruner.models.loading import build_inputs, load_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.gpu]
 
@@ -34,9 +35,9 @@ def photo():
     return Image.fromarray(rgb)
 
 
-@pytest.fixture(scope="module", params=sorted(CHECKPOINTS))
+@pytest.fixture(scope="module", params=family_names())
 def loaded(request):
-    model_id = CHECKPOINTS[request.param]
+    model_id = get_family(request.param).checkpoint
     if not cached(model_id):
         pytest.skip(f"{model_id} is not in the local Hugging Face cache")
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,4 +1,5 @@
-"""``python -m reproduce <table>`` without lmms-eval: argument errors, missing inputs, and the table arithmetic."""
+"""``python -m reproduce <table>`` without lmms-eval: argument errors, missing inputs, rows not run, and the
+table arithmetic."""
 
 import csv
 import io
@@ -6,8 +7,9 @@ import json
 
 import pytest
 
-from reproduce import run
+from reproduce import benchmarks, cell, records, specs, tables
 from reproduce.__main__ import main
+from reproduce.specs import Row, load_spec, paper_values, select_rows
 
 
 def test_unknown_table_row_and_column_are_named(capsys):
@@ -20,38 +22,91 @@ def test_unknown_table_row_and_column_are_named(capsys):
     assert "unknown columns ['Nope']" in capsys.readouterr().err
 
 
+def test_the_tables_are_the_spec_files():
+    assert specs.TABLES == tuple(sorted((p.stem for p in specs.SPECS.glob("*.json")), key=specs._natural))
+    assert specs.TABLES and all(load_spec(t)["table"] == t for t in specs.TABLES)
+    with pytest.raises(ValueError, match=f"unknown table 'table9'; available: {', '.join(specs.TABLES)}"):
+        load_spec("table9")
+
+
 def test_missing_checkpoint_data_and_prior_are_all_named_and_nothing_is_written(tmp_path, monkeypatch, capsys):
+    from d2pruner.models.clip_text import CLIP_FOR_LLAVA
+
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-home" / "hub"))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty-hf-home" / "datasets"))
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
+    spec = load_spec("table1")
     code = main(["table1", "--rows", "Vanilla@576,D2Pruner@64,CDPruner@64", "--columns", "POPE,MME", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2
-    assert "CLIP text tower 'openai/clip-vit-large-patch14-336' (needed by the CDPruner rows)" in err
-    assert "checkpoint 'llava-hf/llava-1.5-7b-hf' is not in the local Hugging Face cache" in err
-    assert "POPE (task pope)" in err and "MME (task mme)" in err
-    assert "prior file priors/llava-1.5-7b-hf.json not found" in err and "python -m d2pruner.models.prior" in err
+    assert f"CLIP text tower {CLIP_FOR_LLAVA!r} (needed by the CDPruner rows)" in err
+    assert f"checkpoint {spec['model']['id']!r} is not in the local Hugging Face cache" in err
+    for name in ("POPE", "MME"):
+        bench = benchmarks.get(name)
+        assert f"{name} (task {bench.stock}): data set(s) {', '.join(bench.dataset_ids)} not in" in err
+    assert f"prior file {spec['model']['prior']} not found" in err and "python -m d2pruner.models.prior" in err
     assert not out.exists()
 
 
-def test_rows_not_run_are_marked_with_the_reason():
-    spec = run.load_spec("table1")
-    rows, skipped = run.select_rows(spec, smoke=False, wanted=None)
+@pytest.mark.parametrize("table", specs.TABLES)
+def test_rows_not_run_are_marked_with_the_reason(table):
+    """Every row either runs or is not run with its reason: the model family's refusal of the method, or
+    the method's own schedule on the full-size model failing to reach the budget."""
+    from d2pruner.flops import LMDims, paper_config
+    from d2pruner.methods.base import get_method
+    from d2pruner.models.family import get_family
+    from d2pruner.spec import resolve_budget
+    from reproduce.adapter import parse_budget
+
+    spec = load_spec(table)
+    rows, skipped = select_rows(spec, smoke=False, wanted=None)
     assert len(rows) + len(skipped) == len(spec["rows"])
-    assert {r.method for r in rows} == set(spec["method_keys"])  # every method of the table runs at some budget
-    assert [(m, b) for m, b, _ in skipped] == [("PyramidDrop", "128"), ("PyramidDrop", "64")]
-    assert all("pyramiddrop cannot average" in why for _, _, why in skipped)
-    spec3 = run.load_spec("table3")
-    rows, skipped = run.select_rows(spec3, smoke=False, wanted=None)
+    assert {r.label for r in rows} | {f"{m}@{b}" for m, b, _ in skipped} == {f"{r['method']}@{r['budget']}" for r in spec["rows"]}
+    family = get_family(spec["model"]["family"])
+    n_layers = LMDims.from_config(paper_config(spec["model"]["id"])).layers
+    n_visual = specs.row_visual_tokens(spec)
+    for method, budget, why in skipped:
+        assert why and why != "not implemented", (method, budget)  # every method of the tables is implemented
+        m = get_method(spec["method_keys"][method])
+        if family.refusal(m) is not None:
+            assert why == family.refusal(m)
+        else:
+            with pytest.raises(ValueError) as err:
+                m.schedule(n_layers, n_visual, resolve_budget(parse_budget(budget), n_visual))
+            assert why == str(err.value)
+    for row in rows:
+        if row.key is not None:
+            assert family.refusal(get_method(row.key)) is None
+            assert specs.row_schedule(spec, row.key, row.budget)  # reachable on the full-size model
+
+
+def test_the_known_refusals():
+    """The refusals the docs name: PyramidDrop below a quarter of the tokens; VisionZip and CDPruner on InternVL."""
+    why = {f"{m}@{b}": w for m, b, w in select_rows(load_spec("table1"), smoke=False, wanted=None)[1]}
+    assert "PyramidDrop@192" not in why and why["PyramidDrop@64"].startswith("pyramiddrop cannot average 64 visual tokens")
+    rows, skipped = select_rows(load_spec("table3"), smoke=False, wanted=None)
     why = {m: w for m, _, w in skipped}
-    assert sorted(why) == ["CDPruner", "PyramidDrop", "VisionZip"] and "SparseVLM" in {r.method for r in rows}
-    assert "[CLS] attention" in why["VisionZip"] and "CLIP text tower" in why["CDPruner"]
+    assert "[CLS] attention" in why["VisionZip"] and "CLIP text tower" in why["CDPruner"] and "SparseVLM" not in why
     assert "cannot average 179 visual tokens" in why["PyramidDrop"]  # 10 % of 6 tiles + thumbnail
-    unimplemented = {**spec, "method_keys": {**spec["method_keys"], "DART": None}}
-    _, skipped = run.select_rows(unimplemented, smoke=False, wanted="DART@64,FastV@64")
-    assert skipped == [("DART", "64", "not implemented")]
+
+
+def test_rows_of_unregistered_methods_are_not_implemented():
+    spec = load_spec("table1")
+    unimplemented = {**spec, "method_keys": {**spec["method_keys"], "DART": None, "FastV": "no-such-method"}}
+    _, skipped = select_rows(unimplemented, smoke=False, wanted="DART@64,FastV@64,D2Pruner@64")
+    assert skipped == [("DART", "64", "not implemented"), ("FastV", "64", "not implemented")]
+
+
+def test_spec_columns_name_benchmark_records():
+    for table in specs.TABLES:
+        spec = load_spec(table)
+        names = [c["benchmark"] for c in spec["columns"] if "derived" not in c]
+        assert [b.name for b in specs.benchmark_columns(spec)] == names
+    bad = {**spec, "columns": [{"benchmark": "Nope"}]}
+    with pytest.raises(ValueError, match="unknown benchmark 'Nope'; known: GQA"):
+        specs.select_columns(bad, None)
 
 
 def _records(spec, values):
@@ -61,88 +116,108 @@ def _records(spec, values):
 
 
 def test_table3_from_the_papers_own_cells_reproduces_them_and_shows_the_rel_discrepancy():
-    spec = run.load_spec("table3")
-    paper = run.paper_values(spec)
-    benches = [c["benchmark"] for c in spec["columns"] if "derived" not in c]
+    spec = load_spec("table3")
+    paper = paper_values(spec)
+    benches = [b.name for b in specs.benchmark_columns(spec)]
     values = {(m, b): {x: paper[(m, b, x)] for x in benches} for m, b in [("Vanilla", "100%"), ("D2Pruner", "10%")]}
-    rows = [run.Row("Vanilla", "100%", None), run.Row("D2Pruner", "10%", "d2pruner")]
-    lines = run.build_table(spec, rows, [], _records(spec, values))
+    rows = [Row("Vanilla", "100%", None), Row("D2Pruner", "10%", "d2pruner")]
+    lines = tables.build_table(spec, rows, [], _records(spec, values))
     got = {(ln["method"], ln["benchmark"]): ln for ln in lines}
     for bench in benches:
         assert got[("D2Pruner", bench)]["delta"] == "+0.00" and got[("D2Pruner", bench)]["within_tolerance"] == "yes"
     # the printed averages follow from the printed splits ...
-    assert got[("Vanilla", "Avg")]["reproduced"] == "87.60" and got[("D2Pruner", "Avg")]["reproduced"] == "75.36"
-    # ... but the printed Rel (85.68) does not: 75.36 / 87.60 = 86.03 (paper_tables/README.md)
-    rel = got[("D2Pruner", "Rel")]
-    assert (rel["reproduced"], rel["paper"], rel["delta"]) == ("86.03", "85.68", "+0.35")
+    avg = {m: sum(values[(m, b)].values()) / len(benches) for m, b in values}
+    for m, b in values:
+        assert got[(m, "Avg")]["reproduced"] == f"{avg[m]:.2f}" == f"{paper[(m, b, 'Avg')]:.2f}"
+    # ... but the printed Rel does not: D2Pruner Avg / Vanilla Avg (paper_tables/README.md)
+    rel, printed = got[("D2Pruner", "Rel")], paper[("D2Pruner", "10%", "Rel")]
+    ours = 100 * avg["D2Pruner"] / avg["Vanilla"]
+    assert (rel["reproduced"], rel["paper"], rel["delta"]) == (f"{ours:.2f}", f"{printed:.2f}", f"{ours - printed:+.2f}")
+    assert rel["delta"] != "+0.00" and rel["within_tolerance"] == "yes"
     assert got[("Vanilla", "Rel")]["reproduced"] == "100.00"
-    md = run.table_markdown(spec, lines, "## table3")
-    assert "86.03 / 85.68 (+0.35 ✓)" in md
+    md = tables.table_markdown(spec, lines, "## table3")
+    assert f"{ours:.2f} / {printed:.2f} ({ours - printed:+.2f} ✓)" in md
 
 
 def test_avg_divides_mme_by_20_and_tolerance_marks_follow_the_spec():
-    spec = run.load_spec("table1")
-    benches = [c["benchmark"] for c in spec["columns"] if "derived" not in c]
+    spec = load_spec("table1")
+    benches = [b.name for b in specs.benchmark_columns(spec)]
     vals = {b: 50.0 for b in benches}
     vals["MME"] = 1400.0
     vals["GQA"] = 62.0
-    lines = run.build_table(spec, [run.Row("D2Pruner", "64", "d2pruner")], [], _records(spec, {("D2Pruner", "64"): vals}))
+    lines = tables.build_table(spec, [Row("D2Pruner", "64", "d2pruner")], [], _records(spec, {("D2Pruner", "64"): vals}))
     got = {ln["benchmark"]: ln for ln in lines}
-    assert got["Avg"]["reproduced"] == f"{(50 * 6 + 62 + 1400 / 20) / 8:.2f}"
-    paper_gqa = run.paper_values(spec)[("D2Pruner", "64", "GQA")]
+    assert got["Avg"]["reproduced"] == f"{(50 * (len(benches) - 2) + 62 + 1400 / 20) / len(benches):.2f}"
+    paper_gqa = paper_values(spec)[("D2Pruner", "64", "GQA")]
     assert got["GQA"]["paper"] == f"{paper_gqa:.2f}"
-    assert got["GQA"]["within_tolerance"] == ("yes" if abs(62.0 - paper_gqa) <= 1.0 else "no")
+    assert got["GQA"]["within_tolerance"] == ("yes" if abs(62.0 - paper_gqa) <= spec["tolerance"]["default"] else "no")
     from d2pruner.flops import CONVENTIONS, LMDims, paper_config, prefill_flops
 
     dims = LMDims.from_config(paper_config(spec["model"]["id"]))  # 576 tokens to layer 2, then 64; 64 text tokens
     want = prefill_flops(dims, 64, [(0, 576), (2, 64)], CONVENTIONS["exact"]) / 1e12
     assert got["prefill TFLOPs"]["reproduced"] == f"{want:.2f}"
-    table = list(csv.DictReader(io.StringIO(run.table_csv(lines))))
+    table = list(csv.DictReader(io.StringIO(tables.table_csv(lines))))
     assert [r["benchmark"] for r in table] == [c["benchmark"] for c in spec["columns"]] + ["prefill TFLOPs"]
 
 
 def test_not_implemented_rows_keep_their_paper_values_in_the_table():
-    spec = run.load_spec("table3")
-    lines = run.build_table(spec, [], [("FastV", "10%", "not implemented")], {})
+    spec = load_spec("table3")
+    lines = tables.build_table(spec, [], [("FastV", "10%", "not implemented")], {})
     avg = next(ln for ln in lines if ln["benchmark"] == "Avg")
-    assert (avg["paper"], avg["reproduced"], avg["status"]) == ("34.50", "", "not run: not implemented")
+    paper = paper_values(spec)[("FastV", "10%", "Avg")]
+    assert paper is not None and (avg["paper"], avg["reproduced"], avg["status"]) == (f"{paper:.2f}", "", "not run: not implemented")
 
 
 def test_metric_value_names_the_reported_keys():
     results = {"results": {"d2p_pope": {"alias": "d2p_pope", "pope_f1_score,none": 0.5, "pope_f1_score_stderr,none": "N/A"}}}
-    assert run.metric_value(results, "d2p_pope", "pope_f1_score") == 0.5
+    assert cell.metric_value(results, "d2p_pope", "pope_f1_score") == 0.5
     with pytest.raises(KeyError, match=r"'pope_accuracy' not in lmms-eval's results for d2p_pope; it reported \['pope_f1_score,none'\]"):
-        run.metric_value(results, "d2p_pope", "pope_accuracy")
+        cell.metric_value(results, "d2p_pope", "pope_accuracy")
 
 
 def test_cell_records_are_written_atomically(tmp_path, monkeypatch):
     path = tmp_path / "cells" / "a.json"
-    run.write_json_atomic(path, {"value": 1.5})
+    records.write_json_atomic(path, {"value": 1.5})
     assert json.loads(path.read_text()) == {"value": 1.5}
     assert [p.name for p in path.parent.iterdir()] == ["a.json"]
 
     def killed(*args):  # the process dies after writing the new record, before it replaces the old one
         raise KeyboardInterrupt
-    monkeypatch.setattr(run.os, "replace", killed)
+    monkeypatch.setattr(records.os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
-        run.write_json_atomic(path, {"value": 2.5, "long": "x" * 10_000})
+        records.write_json_atomic(path, {"value": 2.5, "long": "x" * 10_000})
     assert json.loads(path.read_text()) == {"value": 1.5}, "a record is never seen half-written"
+
+
+def test_a_record_is_reused_only_for_its_own_fingerprint(tmp_path, capsys):
+    row, bench = Row("D2Pruner", "10%", "d2pruner"), benchmarks.get("RefCOCO+ testA")
+    record_path, answers = records.cell_paths(tmp_path, row, bench)
+    assert (record_path.relative_to(tmp_path).as_posix(), answers.name) == (
+        "cells/D2Pruner_10pct/RefCOCOplus_testA.json", "RefCOCOplus_testA.answers.jsonl")
+    assert records.reusable_record(record_path, {"limit": 2}) is None
+    records.write_json_atomic(record_path, {"cell": {"limit": 2}, "value": 1.0})
+    assert records.reusable_record(record_path, {"limit": 2}) == {"cell": {"limit": 2}, "value": 1.0}
+    assert records.reusable_record(record_path, {"limit": 3}) is None
+    assert "recorded for another configuration" in capsys.readouterr().err
 
 
 def test_relative_performance_and_the_abstracts_claim():
     """Rel = mean over the benchmarks of row / unpruned x 100 (MME included as a ratio), shown beside the
-    abstract's 99.2 % retained; a row with a benchmark not run has no Rel."""
-    spec = run.load_spec("table1")
-    benches = [c["benchmark"] for c in spec["columns"] if "derived" not in c]
+    abstract's claim of retained performance; a row with a benchmark not run has no Rel."""
+    spec = load_spec("table1")
+    benches = [b.name for b in specs.benchmark_columns(spec)]
     vanilla = {b: 60.0 for b in benches} | {"MME": 1500.0}
     pruned = {b: 57.0 for b in benches} | {"MME": 1500.0, "POPE": 60.0}
-    rows = [run.Row("Vanilla", "576", None), run.Row("D2Pruner", "64", "d2pruner"), run.Row("FastV", "64", "fastv")]
-    records = _records(spec, {("Vanilla", "576"): vanilla, ("D2Pruner", "64"): pruned,
-                              ("FastV", "64"): {b: 50.0 for b in benches if b != "GQA"}})
-    lines = run.build_table(spec, rows, [], records)
+    rows = [Row("Vanilla", "576", None), Row("D2Pruner", "64", "d2pruner"), Row("FastV", "64", "fastv")]
+    cells = _records(spec, {("Vanilla", "576"): vanilla, ("D2Pruner", "64"): pruned,
+                            ("FastV", "64"): {b: 50.0 for b in benches if b != "GQA"}})
+    lines = tables.build_table(spec, rows, [], cells)
     rel = {(ln["method"], ln["budget"]): ln["reproduced"] for ln in lines if ln["benchmark"] == "Rel"}
-    want = 100 * (6 * 57 / 60 + 1 + 1) / 8
+    want = 100 * ((len(benches) - 2) * 57 / 60 + 1 + 1) / len(benches)
     assert rel == {("Vanilla", "576"): "100.00", ("D2Pruner", "64"): f"{want:.2f}", ("FastV", "64"): ""}
-    md = run.table_markdown(spec, lines, "## table1")
-    assert f"Abstract: LLaVA-1.5-7B performance retained = 99.2 % of unpruned" in md
+    md = tables.table_markdown(spec, lines, "## table1")
+    [entry] = spec["abstract"]
+    with open(specs.ROOT / "paper_tables" / "abstract.csv", encoding="utf-8") as f:
+        claim = next(r for r in csv.DictReader(f) if r["claim"] == entry["claim"])
+    assert f"Abstract: {claim['claim']} = {claim['value']} {claim['unit']}" in md
     assert f"ours, D2Pruner Rel: 64 → {want:.2f}" in md

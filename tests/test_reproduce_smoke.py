@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from reproduce import run
+from reproduce import specs
 
 pytestmark = pytest.mark.lmms
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def smoke_env(tmp_path: pathlib.Path) -> dict:
 
 
 def golden_path(table: str) -> pathlib.Path:
-    return GOLDEN / f"{table}-smoke.spec-v{run.load_spec(table)['spec_version']}.csv"
+    return GOLDEN / f"{table}-smoke.spec-v{specs.load_spec(table)['spec_version']}.csv"
 
 
 def smoke(table: str, out: pathlib.Path, tmp_path: pathlib.Path, **popen) -> subprocess.CompletedProcess:
@@ -40,7 +40,7 @@ def smoke(table: str, out: pathlib.Path, tmp_path: pathlib.Path, **popen) -> sub
                           env=smoke_env(tmp_path), capture_output=True, text=True, timeout=600, **popen)
 
 
-@pytest.mark.parametrize("table", run.TABLES)
+@pytest.mark.parametrize("table", specs.TABLES)
 def test_smoke_twin_matches_its_golden_output(table, tmp_path):
     done = smoke(table, tmp_path / "out", tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -50,8 +50,8 @@ def test_smoke_twin_matches_its_golden_output(table, tmp_path):
     assert produced == golden.read_text(), f"{table} smoke output differs from {golden.name}"
     assert "wrote" in done.stdout and (tmp_path / "out" / "table.md").exists()
     records = sorted((tmp_path / "out" / "cells").glob("*/*.json"))
-    spec = run.load_spec(table)
-    assert len(records) == len(spec["smoke"]["rows"]) * sum("derived" not in c for c in spec["columns"])
+    spec = specs.load_spec(table)
+    assert len(records) == len(spec["smoke"]["rows"]) * len(specs.benchmark_columns(spec))
     rec = json.loads(records[0].read_text())
     for field in ("d2pruner", "lmms_eval", "git_commit", "device", "dtype", "seed", "prior_sha256", "model_id"):
         assert field in rec["provenance"], field
@@ -64,8 +64,8 @@ def answer_lines(out: pathlib.Path) -> dict[pathlib.Path, list[dict]]:
 
 
 def test_a_run_killed_mid_way_resumes_without_computing_any_sample_twice(tmp_path):
-    table = "table3"  # 16 cells: long enough to be killed inside one
-    limit = run.load_spec(table)["smoke"]["limit"]
+    table = "table3"  # 2 rows x 8 benchmarks: long enough to be killed inside one cell
+    limit = specs.load_spec(table)["smoke"]["limit"]
     for attempt in range(5):
         out = tmp_path / f"out{attempt}"
         proc = subprocess.Popen([sys.executable, "-m", "reproduce", table, "--smoke", "--out", str(out)], cwd=ROOT,

@@ -8,7 +8,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from d2pruner.baselines import sparsevlm_raters, sparsevlm_selection
+from d2pruner.methods import sparsevlm_raters, sparsevlm_selection
 from d2pruner.methods import SparseVLMMethod, get_method
 from d2pruner.models import internvl, llava, tiny
 from model_inputs import FAMILIES, left_padded_batch
@@ -174,7 +174,7 @@ def test_later_stages_read_the_raters_attention_on_the_cut_sequence():
         out = model(**batch, output_attentions=True)
     find = lambda ids: llava.find_items(ids, tiny.IMAGE_TOKEN, 24)  # noqa: E731
     for stage in (1, 2):
-        index, valid = handle._stage_state[stage - 1]  # (B, L') original position of each slot after stage `stage`
+        index, valid = handle.stage_state[stage - 1]  # (B, L') original position of each slot after stage `stage`
         attn = out.attentions[handle.stage_layers[stage] - 1].mean(dim=1)  # (B, L', L')
         for i, (pos, _) in enumerate(find(batch["input_ids"])):
             raters = handle._raters[i]

@@ -1,4 +1,4 @@
-"""InternVL-2.5 (``transformers.InternVLForConditionalGeneration``): D2Pruner inside the language model.
+"""InternVL-2.5 (``transformers.InternVLForConditionalGeneration``): the model family record.
 
 An image is cut into a grid of tiles (rows x cols, 1 to ``max_tiles``) plus, when there is more than
 one tile, a thumbnail that comes **last**; each tile gives 16x16 = 256 ``<IMG_CONTEXT>`` tokens after
@@ -7,10 +7,13 @@ neighbours) and the thumbnail in its own view (:meth:`d2pruner.spec.TokenLayout.
 
 The processor does not report the tile grid, so the handle must be told it for items with more than
 one tile: ``handle.set_image_sizes([(height, width), ...])`` recomputes it with the processor's own
-rule (:func:`tile_grid`), or ``handle.set_tile_grids([(rows, cols), ...])`` gives it directly.
+rule (:func:`tile_grid`), or ``handle.set_tile_grids([(rows, cols), ...])`` gives it directly (the
+family's ``item_hints`` does the former from a batch's images).
 
 The positional prior has one value per tile position (256) and applies to every tile and to the
-thumbnail.
+thumbnail. InternVL refuses VisionZip (no [CLS] attention after pixel shuffle) and CDPruner without
+an explicit text tower (no CLIP). Prompts follow InternVL-2.5's chat template with its own system
+message; answers end at the chat turn's end ``<|im_end|>``.
 
 Examples
 --------
@@ -31,11 +34,21 @@ from typing import Any, Sequence
 
 import torch
 
-from d2pruner.models.hooks import PruningHandle, VisionCapture, resolve_method
-from d2pruner.models.prior import prior_tensor
-from d2pruner.spec import D2PrunerConfig, TokenLayout
+from d2pruner.methods.base import Need
+from d2pruner.models.family import ModelFamily, register_family
+from d2pruner.models.handle import PruningHandle, attach as _attach
+from d2pruner.spec import TokenLayout
 
-__all__ = ["InternVLHandle", "attach", "tile_grid", "tile_side", "unsupported"]
+__all__ = ["FAMILY", "INTERNVL_SYSTEM", "InternVLHandle", "attach", "find_items", "image_only_internvl_processor",
+           "tile_grid", "tile_pixels", "tile_side", "unsupported"]
+
+INTERNVL_SYSTEM = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+TINY_PIXELS = 64  # tiny_internvl's tile side (patch 2, pixel shuffle 0.5 -> 16x16 tokens)
+# InternVL-2.5's chat layout (system, user turn with the image first, open assistant turn) as a template
+_TINY_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 def tile_side(model) -> int:
@@ -59,15 +72,24 @@ def tile_grid(image_size: tuple[int, int], max_tiles: int = 12, min_tiles: int =
     return int(rows), int(cols)
 
 
+def tile_pixels(processor) -> int:
+    """The side of one tile in pixels, as the processor cuts them."""
+    size = processor.image_processor.size
+    return int(size["height"] if isinstance(size, dict) else size.height)
+
+
 class InternVLHandle(PruningHandle):
-    """A :class:`~d2pruner.models.hooks.PruningHandle` that also knows each item's tile grid."""
+    """A :class:`~d2pruner.models.handle.PruningHandle` that also knows each item's tile grid."""
 
     max_tiles: int = 12
-    tile_grids: list | None = None
+
+    @property
+    def tile_grids(self) -> list | None:
+        return self.hints
 
     def set_tile_grids(self, grids: Sequence[tuple[int, int] | None]) -> None:
         """The ``(rows, cols)`` tile grid of each batch item's image, for the next forward passes."""
-        self.tile_grids = [None if g is None else (int(g[0]), int(g[1])) for g in grids]
+        self.set_item_hints([None if g is None else (int(g[0]), int(g[1])) for g in grids])
 
     def set_image_sizes(self, sizes: Sequence[tuple[int, int] | None]) -> None:
         """Each item's image ``(height, width)``; the tile grids follow by the processor's rule."""
@@ -97,12 +119,150 @@ def find_items(input_ids: torch.Tensor, image_token_id: int, side: int, grids: l
     return items
 
 
-def _expand_prior(prior: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-    return prior.repeat(len(layout) // prior.numel())  # the same per-position prior on every tile and the thumbnail
+_IMAGE_ONLY_INTERNVL = None
+
+
+def image_only_internvl_processor():
+    """``InternVLProcessor`` without its video processor: the class (built on first use).
+
+    transformers' InternVL processor also loads a video processor whose class needs torchvision,
+    which this project does not install (see docs/evaluation.md); the image path is the same.
+    ``from_pretrained`` on it reads a checkpoint's tokenizer, image processor, ``image_seq_length``
+    and chat template, and ignores the video processor's files.
+    """
+    global _IMAGE_ONLY_INTERNVL
+    if _IMAGE_ONLY_INTERNVL is None:
+        from transformers import InternVLProcessor
+
+        class ImageOnlyInternVLProcessor(InternVLProcessor):
+            """``InternVLProcessor`` without its video processor (whose class check needs torchvision)."""
+
+            @classmethod
+            def get_attributes(cls):
+                return ["image_processor", "tokenizer"]
+
+            def __init__(self, image_processor, tokenizer, image_seq_length: int = 256, chat_template=None, **kwargs):
+                super().__init__(image_processor, tokenizer, image_seq_length=image_seq_length,
+                                 chat_template=chat_template, **kwargs)
+
+        _IMAGE_ONLY_INTERNVL = ImageOnlyInternVLProcessor
+    return _IMAGE_ONLY_INTERNVL
+
+
+class InternVLFamily(ModelFamily):
+    name = "internvl"
+    title = "InternVL-2.5"
+    model_types = ("internvl",)
+    checkpoint = "OpenGVLab/InternVL2_5-8B-MPO-hf"  # the transformers-native (MPO) conversion
+    flops_config = "internvl2_5-8b-mpo-hf.json"
+    prior_per = "tile position (every tile and the thumbnail)"
+    uses_max_tiles = True
+    handle_class = InternVLHandle
+    refuses = {
+        Need.CLS_ATTENTION: ("{name} needs the [CLS] attention of the vision tower, which InternVL does not have: its "
+                             "[CLS] token is dropped before the pixel shuffle, so no [CLS] query scores the 256 merged "
+                             "tokens of a tile"),
+        Need.TEXT_TOWER: ("{name} needs a CLIP text tower for the instruction relevance, and InternVL has no CLIP "
+                          "(InternViT is not aligned with a text encoder): pass method=get_method('{name}', "
+                          "text_tower=...) explicitly, whose image side maps InternVL's pixel-shuffled features"),
+    }
+
+    def model_classes(self):
+        from transformers import InternVLForConditionalGeneration, InternVLModel
+
+        return InternVLForConditionalGeneration, InternVLModel
+
+    def prior_block(self, model) -> int:
+        return tile_side(model) ** 2
+
+    def items(self, model, input_ids, hints) -> list:
+        return find_items(input_ids, int(model.config.image_token_id), tile_side(model), hints)
+
+    def item_hints(self, processor, images, max_tiles: int) -> list:
+        return [tile_grid((im.height, im.width), max_tiles, tile_pixels=tile_pixels(processor)) for im in images]
+
+    def load_processor(self, model_id: str, revision: str | None):
+        return image_only_internvl_processor().from_pretrained(model_id, revision=revision, local_files_only=True)
+
+    def prompt_text(self, processor, question: str) -> str:
+        messages = [{"role": "system", "content": [{"type": "text", "text": INTERNVL_SYSTEM}]},
+                    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def build_batch(self, processor, images, questions, max_tiles: int) -> dict:
+        prompts = [self.prompt_text(processor, q) for q in questions]
+        return processor(text=prompts, images=[im.convert("RGB") for im in images], padding=True, return_tensors="pt",
+                         images_kwargs={"max_patches": max_tiles})
+
+    def eos_ids(self, model, processor) -> list[int] | None:
+        """The checkpoint's own end ids and the chat turn's end ``<|im_end|>``, whatever its generation
+        config says (the answer ends with the assistant's turn)."""
+        own = model.generation_config.eos_token_id
+        ids = [] if own is None else [own] if isinstance(own, int) else list(own)
+        end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(end, int) and end != processor.tokenizer.unk_token_id:
+            ids.append(end)
+        return sorted(set(ids)) or None
+
+    latency_budgets = (None, 1.0, 0.25, 0.1)
+    latency_tiles = ((1, 6, 12), (1, 2))
+
+    def full_size_config(self, attn_implementation: str):
+        from transformers import InternVLConfig, InternVLVisionConfig, LlamaConfig
+
+        cfg = self.shipped_config()
+        text = LlamaConfig(**{k: v for k, v in cfg["text_config"].items() if k != "model_type"},
+                           attn_implementation=attn_implementation)
+        vision = InternVLVisionConfig(**{k: v for k, v in cfg["vision_config"].items() if k != "model_type"})
+        return InternVLConfig(vision_config=vision, text_config=text, image_token_id=cfg["image_token_id"],
+                              downsample_ratio=cfg["downsample_ratio"], attn_implementation=attn_implementation,
+                              tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+
+    def synthetic_image(self, model, tiles: int, generator: torch.Generator):
+        """A ``tiles``-tile image (the grid the processor gives a 1 x ``tiles`` wide image) plus, past one
+        tile, its thumbnail."""
+        vc = model.config.vision_config
+        px = int(vc.image_size[0] if isinstance(vc.image_size, (list, tuple)) else vc.image_size)
+        grid = tile_grid((px, px * tiles), max_tiles=tiles, tile_pixels=px) if tiles > 1 else (1, 1)
+        n_images = grid[0] * grid[1] + (grid[0] * grid[1] > 1)
+        return tile_side(model) ** 2 * n_images, torch.randn(n_images, 3, px, px, generator=generator), grid
+
+    def tiny_model(self, seed: int = 0, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
+        """A random ``InternVLForConditionalGeneration``: 64 px tiles, patch 2, pixel shuffle 0.5 (256 tokens
+        per tile), Llama text model as in the InternVL-2.5 -hf conversion."""
+        from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig
+
+        from d2pruner.models import tiny_parts as tiny
+
+        vision = InternVLVisionConfig(image_size=TINY_PIXELS, patch_size=2, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=2)
+        config = InternVLConfig(vision_config=vision, text_config=tiny.text_config(attn_implementation),
+                                image_token_id=tiny.IMAGE_TOKEN, downsample_ratio=0.5,
+                                attn_implementation=attn_implementation)
+        return tiny.build(InternVLForConditionalGeneration, config, seed, dtype)
+
+    def tiny_processor(self, max_tiles: int = 6):
+        """transformers' ``InternVLProcessor`` (image part) with GOT-OCR2's dynamic tiles around the tiny
+        tokenizer; ``max_tiles`` is the tiling limit (the real checkpoints use 12; 6 keeps smoke runs fast)."""
+        from transformers import GotOcr2ImageProcessor
+
+        from d2pruner.models.tiny_parts import tiny_tokenizer
+
+        images = GotOcr2ImageProcessor(size={"height": TINY_PIXELS, "width": TINY_PIXELS}, crop_to_patches=True,
+                                       min_patches=1, max_patches=int(max_tiles), image_mean=[0.485, 0.456, 0.406],
+                                       image_std=[0.229, 0.224, 0.225])
+        return image_only_internvl_processor()(images, tiny_tokenizer(), image_seq_length=256,
+                                               chat_template=_TINY_TEMPLATE)
+
+    def tiny_pixels(self) -> int:
+        return TINY_PIXELS
+
+
+FAMILY = register_family(InternVLFamily())
 
 
 def unsupported(method: Any) -> str | None:
-    """Why ``method`` (a method object) cannot run on InternVL, or None if it can.
+    """Why ``method`` (a method object) cannot run on InternVL, or None if it can (``FAMILY.refusal``).
 
     >>> from d2pruner.methods import get_method
     >>> unsupported(get_method("fastv")) is None
@@ -110,44 +270,11 @@ def unsupported(method: Any) -> str | None:
     >>> unsupported(get_method("visionzip"))[:60]
     'visionzip needs the [CLS] attention of the vision tower, whi'
     """
-    name = getattr(method, "name", method)
-    if getattr(method, "needs_cls_attention", False):
-        return (f"{name} needs the [CLS] attention of the vision tower, which InternVL does not have: "
-                "its [CLS] token is dropped before the pixel shuffle, so no [CLS] query scores the 256 "
-                "merged tokens of a tile")
-    if getattr(method, "needs_instruction", False) and getattr(method, "text_tower", "absent") is None:
-        return (f"{name} needs a CLIP text tower for the instruction relevance, and InternVL has no CLIP "
-                f"(InternViT is not aligned with a text encoder): pass method=get_method({name!r}, "
-                "text_tower=...) explicitly, whose image side maps InternVL's pixel-shuffled features")
-    return None
+    return FAMILY.refusal(method)
 
 
-def attach(model, budget: Any, *, config: D2PrunerConfig | None = None, prior: Any = None, method: Any = None,
-           backend: str = "fast", max_tiles: int = 12, prune_layer: int | None = None) -> InternVLHandle:
-    """Prune the visual tokens of an InternVL model at decoder layer ``config.prune_layer``.
-
-    Parameters are those of :func:`d2pruner.models.llava.attach`, plus ``max_tiles`` (the processor's
-    tile limit, used by :meth:`InternVLHandle.set_image_sizes`). For localization use
-    ``config=D2PrunerConfig.for_localization()``.
-    """
-    from transformers import InternVLForConditionalGeneration, InternVLModel
-
-    if not isinstance(model, (InternVLForConditionalGeneration, InternVLModel)):
-        raise ValueError(f"internvl.attach expects an InternVLForConditionalGeneration, got {type(model).__name__}")
-    config = config or D2PrunerConfig()
-    method, layer = resolve_method(method, config, backend, prune_layer)
-    why = unsupported(method)
-    if why is not None:
-        raise ValueError(why)
-    inner = model.model if isinstance(model, InternVLForConditionalGeneration) else model
-    vision = VisionCapture(inner.vision_tower, inner.multi_modal_projector) if getattr(method, "needs_vision", False) else None
-    side = tile_side(model)
-    token_id = int(model.config.image_token_id)
-    handle: InternVLHandle
-    handle = InternVLHandle(inner, language_model=inner.language_model,
-                            find_items=lambda ids: find_items(ids, token_id, side, handle.tile_grids), budget=budget,
-                            method=method, prune_layer=layer,
-                            prior=prior_tensor(prior, side * side, model, layer), expand_prior=_expand_prior,
-                            vision=vision)
-    handle.max_tiles = int(max_tiles)
-    return handle
+def attach(model, budget: Any, *, max_tiles: int = 12, **options) -> InternVLHandle:
+    """Prune the visual tokens of an InternVL model: :func:`d2pruner.models.handle.attach` with this
+    family, plus ``max_tiles`` (the processor's tile limit, used by :meth:`InternVLHandle.set_image_sizes`).
+    For localization use ``config=D2PrunerConfig.for_localization()``."""
+    return _attach(model, budget, family=FAMILY, max_tiles=int(max_tiles), **options)

@@ -1,9 +1,13 @@
-"""Tiny random LLaVA and InternVL models built in code, for tests, notebooks and smoke runs.
+"""Tiny random models of every registered family, built in code, for tests, notebooks and smoke runs.
 
-They have the real architectures and token geometry (LLaVA: a 24x24 = 576-token grid; InternVL: 256
-tokens per tile after pixel shuffle) with widths small enough to run in milliseconds on a CPU.
+``tiny_<family>()`` (``tiny_llava()``, ``tiny_internvl()``, ...) builds the family's own tiny twin
+(:meth:`d2pruner.models.family.ModelFamily.tiny_model`): the real architecture and token geometry
+(LLaVA: a 24x24 = 576-token grid; InternVL: 256 tokens per tile after pixel shuffle) with widths small
+enough to run in milliseconds on a CPU (their shared parts: :mod:`d2pruner.models.tiny_parts`). This
+module also builds a tiny CLIP text tower for CDPruner.
 
->>> tiny_llava().model.language_model.config.num_hidden_layers
+>>> from d2pruner.models import tiny
+>>> tiny.tiny_llava().model.language_model.config.num_hidden_layers
 4
 """
 
@@ -11,60 +15,26 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["IMAGE_TOKEN", "PAD_TOKEN", "VOCAB", "CharTokenizer", "tiny_clip_text_tower", "tiny_internvl", "tiny_llava"]
+from d2pruner.models.tiny_parts import IMAGE_TOKEN, PAD_TOKEN, VOCAB, seeded
 
-VOCAB = 128
-IMAGE_TOKEN = 127
-PAD_TOKEN = 0
+__all__ = ["IMAGE_TOKEN", "PAD_TOKEN", "VOCAB", "CharTokenizer", "tiny_clip_text_tower", "tiny_model"]
 
 
-def _seeded(seed: int):
-    """Weights drawn from ``seed`` without touching the caller's global random state."""
-    import contextlib
+def tiny_model(family: str, seed: int = 0, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
+    """The tiny random model of a registered family (``tiny_model("llava")`` = ``tiny_llava()``)."""
+    from d2pruner.models.family import get_family
 
-    @contextlib.contextmanager
-    def scope():
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            yield
-    return scope()
+    return get_family(family).tiny_model(seed=seed, attn_implementation=attn_implementation, dtype=dtype)
 
 
-def _text_config(attn_implementation: str):
-    from transformers import LlamaConfig
+def __getattr__(name: str):
+    """``tiny_<family>(seed=0, attn_implementation="sdpa", dtype=torch.float32)`` for every registered family."""
+    from d2pruner.models.family import family_names
 
-    # initializer_range 0.2: large enough that greedy generations are not degenerate
-    return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=VOCAB, initializer_range=0.2, pad_token_id=PAD_TOKEN,
-                       bos_token_id=1, eos_token_id=2, max_position_embeddings=8192,
-                       attn_implementation=attn_implementation)
-
-
-def tiny_llava(seed: int = 0, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
-    """A random ``LlavaForConditionalGeneration``: CLIP tower 48 px / patch 2 (24x24 tokens), Llama text
-    model with 4 layers, 4 heads, 2 KV heads (GQA)."""
-    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    vision = CLIPVisionConfig(image_size=48, patch_size=2, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=2, projection_dim=32)
-    config = LlavaConfig(vision_config=vision, text_config=_text_config(attn_implementation), image_token_id=IMAGE_TOKEN,
-                         vision_feature_layer=-2, vision_feature_select_strategy="default",
-                         attn_implementation=attn_implementation)
-    with _seeded(seed):
-        return LlavaForConditionalGeneration(config).to(dtype).eval()
-
-
-def tiny_internvl(seed: int = 0, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
-    """A random ``InternVLForConditionalGeneration``: 64 px tiles, patch 2, pixel shuffle 0.5 (256 tokens
-    per tile), Llama text model as in the InternVL-2.5 -hf conversion."""
-    from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig
-
-    vision = InternVLVisionConfig(image_size=64, patch_size=2, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                  num_attention_heads=2)
-    config = InternVLConfig(vision_config=vision, text_config=_text_config(attn_implementation), image_token_id=IMAGE_TOKEN,
-                            downsample_ratio=0.5, attn_implementation=attn_implementation)
-    with _seeded(seed):
-        return InternVLForConditionalGeneration(config).to(dtype).eval()
+    if name.startswith("tiny_") and name[5:] in family_names():
+        return lambda seed=0, attn_implementation="sdpa", dtype=torch.float32: tiny_model(name[5:], seed,
+                                                                                          attn_implementation, dtype)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class CharTokenizer:
@@ -96,7 +66,7 @@ def tiny_clip_text_tower(vision_width: int = 32, seed: int = 0, context: int = 1
     config = CLIPTextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                             num_attention_heads=2, max_position_embeddings=context, projection_dim=16,
                             bos_token_id=1, eos_token_id=vocab - 1, pad_token_id=0)
-    with _seeded(seed):
+    with seeded(seed):
         text = CLIPTextModelWithProjection(config).eval()
         norm = torch.nn.LayerNorm(vision_width)
         projection = torch.nn.Linear(vision_width, 16, bias=False)

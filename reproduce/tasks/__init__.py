@@ -1,6 +1,6 @@
 """Our lmms-eval task layer: one overlay YAML per stock lmms-eval 0.7.3 task the table specs use.
 
-Every column of ``reproduce/specs/table*.json`` names a *stock* lmms-eval task (``pope``,
+Every benchmark record (:mod:`reproduce.benchmarks`) names a *stock* lmms-eval task (``pope``,
 ``refcoco_bbox_rec_val``, ...). We run each through our own self-contained task YAML,
 ``d2p_<stock>.yaml`` in :data:`TASK_DIR`, which reuses lmms-eval's own functions (answer
 normalisation, MME pairing, MMBench circular scoring, POPE parsing, REC IoU) and departs from the
@@ -39,65 +39,18 @@ from __future__ import annotations
 
 import os
 import pathlib
-from dataclasses import dataclass
 from typing import Sequence
 
-__all__ = ["TASK_DIR", "STOCK_TASKS", "task_name", "dataset_ids", "missing_data", "write_smoke_tasks", "write_hub_cache"]
+from reproduce.benchmarks import PREFIX, by_stock
+
+__all__ = ["TASK_DIR", "PREFIX", "task_name", "dataset_ids", "missing_data", "write_smoke_tasks", "write_hub_cache"]
 
 #: Folder of the real-run task YAMLs (``d2p_<stock>.yaml``), to pass as ``include_path``.
 TASK_DIR: pathlib.Path = pathlib.Path(__file__).resolve().parent
 
-#: Prefix of our task names.
-PREFIX = "d2p_"
-
-
-@dataclass(frozen=True)
-class _Stock:
-    """What a real run of one stock task reads.
-
-    Attributes
-    ----------
-    data : tuple of (str, str)
-        ``(hub dataset id, config name)`` pairs the task loads; config ``"default"`` when the
-        dataset has a single unnamed configuration.
-    family : str
-        Which smoke-data builder makes its local twin (see :mod:`reproduce.tasks.smoke`).
-    """
-
-    data: tuple[tuple[str, str], ...]
-    family: str
-
-
-_REC_REPOS = {"refcoco": "RefCOCO", "refcoco+": "RefCOCOplus", "refcocog": "RefCOCOg"}
-_REC_SPLITS = {"refcoco": ("val", "testA", "testB"), "refcoco+": ("val", "testA", "testB"), "refcocog": ("val", "test")}
-
-#: Stock lmms-eval task name -> what our overlay of it reads. The keys are the ``task`` values
-#: that the table specs may use.
-STOCK_TASKS: dict[str, _Stock] = {
-    "gqa": _Stock((("lmms-lab-encoder/GQA", "testdev_balanced_instructions"), ("lmms-lab-encoder/GQA", "testdev_balanced_images")), "gqa"),
-    "mmbench_en_dev": _Stock((("lmms-lab-encoder/MMBench", "en"),), "mmbench_en"),
-    "mmbench_cn_dev": _Stock((("lmms-lab-encoder/MMBench", "cn"),), "mmbench_cn"),
-    "mme": _Stock((("lmms-lab-encoder/MME", "default"),), "mme"),
-    "pope": _Stock((("lmms-lab-encoder/POPE", "default"),), "pope"),
-    "scienceqa_img": _Stock((("lmms-lab-encoder/ScienceQA", "ScienceQA-IMG"),), "scienceqa"),
-    "vqav2_val": _Stock((("lmms-lab-encoder/VQAv2", "default"),), "vqav2"),
-    "textvqa_val": _Stock((("lmms-lab-encoder/textvqa", "default"),), "textvqa"),
-    **{
-        f"{family}_bbox_rec_{split}": _Stock(((f"lmms-lab-encoder/{repo}", "default"),), "rec")
-        for family, repo in _REC_REPOS.items()
-        for split in _REC_SPLITS[family]
-    },
-}
-
-
-def _stock(stock: str) -> _Stock:
-    if stock not in STOCK_TASKS:
-        raise ValueError(f"unknown stock lmms-eval task {stock!r}; known: {', '.join(sorted(STOCK_TASKS))}")
-    return STOCK_TASKS[stock]
-
 
 def task_name(stock: str) -> str:
-    """Our task name for a stock lmms-eval task named in a table spec column.
+    """Our task name for the stock lmms-eval task of a benchmark record.
 
     Parameters
     ----------
@@ -113,7 +66,8 @@ def task_name(stock: str) -> str:
     Raises
     ------
     ValueError
-        If ``stock`` is not one of :data:`STOCK_TASKS` (the message lists the known ones).
+        If no benchmark record (:mod:`reproduce.benchmarks`) has that stock task (the message
+        lists the known ones).
 
     Examples
     --------
@@ -124,8 +78,7 @@ def task_name(stock: str) -> str:
     ...
     ValueError: unknown stock lmms-eval task 'vqav2_testdev'; known: gqa, mmbench_cn_dev, ...
     """
-    _stock(stock)
-    return PREFIX + stock
+    return by_stock(stock).task
 
 
 def dataset_ids(stock: str) -> list[str]:
@@ -151,7 +104,7 @@ def dataset_ids(stock: str) -> list[str]:
     >>> dataset_ids("refcocog_bbox_rec_test")
     ['lmms-lab-encoder/RefCOCOg']
     """
-    return list(dict.fromkeys(repo for repo, _ in _stock(stock).data))
+    return by_stock(stock).dataset_ids
 
 
 def _datasets_cache_dir() -> pathlib.Path:
@@ -204,13 +157,13 @@ def missing_data(stock: str, cache_dir: str | os.PathLike | None = None) -> list
     ...     missing_data("gqa", cache_dir=empty)
     ['lmms-lab-encoder/GQA']
     """
-    spec = _stock(stock)
+    bench = by_stock(stock)
     root = pathlib.Path(cache_dir).expanduser() if cache_dir is not None else _datasets_cache_dir()
     missing = []
-    for repo, config in spec.data:
-        prepared = root / _cache_folder(repo) / config
+    for data in bench.data:
+        prepared = root / _cache_folder(data.repo) / data.config
         if not any(p.is_dir() for p in prepared.glob("*/*")):
-            missing.append(repo)
+            missing.append(data.repo)
     return list(dict.fromkeys(missing))
 
 

@@ -4,11 +4,15 @@ D2Pruner divides each token's attention by the attention its *position* receives
 one fixed generic prompt over many images (the paper: 1000 COCO images). This module measures that
 mean, stores it with its provenance, and checks on loading that it fits the model and K.
 
+One value per position of the family's prior block (``ModelFamily.prior_block``):
+
 * LLaVA-1.5: one value per grid position (24x24 = 576).
 * InternVL-2.5: one value per tile position (16x16 = 256), averaged over every tile and thumbnail of
   every image (each tile counts once); the same values then apply to every tile and to the thumbnail.
 
-Command line (real checkpoints from the local Hugging Face cache)::
+:func:`measure` runs the whole measurement for any registered model family (the command line and
+the smoke runs of ``python -m reproduce`` both use it). Command line (real checkpoints from the
+local Hugging Face cache; ``d2pruner/models/prior/__main__.py``)::
 
     python -m d2pruner.models.prior --model llava-hf/llava-1.5-7b-hf --images DIR --out prior.json
 
@@ -18,20 +22,19 @@ run again, resumes from there; it refuses to mix models, layers or prompts in on
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import os
 import pathlib
 import platform
-import sys
 from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_PROMPT", "Prior", "PriorAccumulator", "attention_rows", "prior_tensor"]
+__all__ = ["DEFAULT_PROMPT", "IMAGE_SUFFIXES", "Prior", "PriorAccumulator", "attention_rows", "compute", "image_key",
+           "measure", "prior_tensor", "provenance"]
 
 #: The generic calibration prompt (our choice; the paper's exact wording is not published).
 DEFAULT_PROMPT = "Describe the image."
@@ -88,20 +91,23 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def attention_rows(model, inputs: dict, prune_layer: int, find_items) -> list:
+def attention_rows(model, inputs: dict, prune_layer: int, find_items, family=None) -> list:
     """Layer-(K-1) last-token attention over each item's visual tokens: ``[(row (N,), layout) | None]``.
 
-    Runs the model only up to layer K-1 (a hook stops the forward there).
+    Runs the model only up to layer K-1 (a hook stops the forward there). ``family`` (default: the
+    model's) gives the inner model and the rotary scheme.
     """
-    from d2pruner.models.hooks import last_token_attention
+    from d2pruner.models.attention import last_token_attention
+    from d2pruner.models.family import family_for_model
 
-    inner = model.model
-    layer = inner.language_model.layers[prune_layer - 1]
+    family = family or family_for_model(model)
+    layer = family.inner(model).language_model.layers[prune_layer - 1]
     found: dict = {}
 
     def hook(module, args, kwargs):
         hidden = kwargs.get("hidden_states", args[0] if args else None)
-        found["row"] = last_token_attention(module, hidden, kwargs["position_embeddings"], kwargs.get("attention_mask"))
+        found["row"] = last_token_attention(module, hidden, kwargs["position_embeddings"], kwargs.get("attention_mask"),
+                                            family.rotary)
         raise _Stop
 
     handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
@@ -202,61 +208,23 @@ def compute(model, samples: Iterable[tuple[str, Callable[[], dict]]], *, prune_l
     return prior
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m d2pruner.models.prior", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="checkpoint id in the local HF cache (or a folder)")
-    parser.add_argument("--revision", default=None)
-    parser.add_argument("--images", required=True, type=pathlib.Path, help="folder of calibration images")
-    parser.add_argument("--out", required=True, type=pathlib.Path)
-    parser.add_argument("--prune-layer", type=int, default=2)
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
-    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--max-tiles", type=int, default=12, help="InternVL only: the processor's tile limit")
-    args = parser.parse_args(argv)
-
-    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if args.images.is_dir() else []
-    if not paths:
-        print(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) in {args.images}", file=sys.stderr)
-        return 2
-    from d2pruner.models.loading import load_model
-
-    try:
-        model, processor, family = load_model(args.model, revision=args.revision, dtype=getattr(torch, args.dtype),
-                                              device=args.device)
-    except OSError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    from PIL import Image
-
-    from d2pruner.models import internvl, llava
+def measure(model, processor, family, images: Iterable[tuple[str, Callable[[], Any]]], *, prompt: str = DEFAULT_PROMPT,
+            prune_layer: int = 2, max_tiles: int = 12, meta: dict, out: pathlib.Path, progress: bool = True) -> Prior:
+    """Measure a prior on ``model`` (of ``family``) over ``images`` = ``(key, load_image)`` pairs, each
+    image with ``prompt`` in the family's official format; resumable via ``out`` (see :func:`compute`)."""
     from d2pruner.models.loading import build_inputs
 
-    meta = {"model_id": args.model, "revision": args.revision, "model_class": type(model).__name__,
-            "prune_layer": args.prune_layer, "prompt": args.prompt, "dtype": args.dtype, "device": args.device,
-            "max_tiles": args.max_tiles if family == "internvl" else None,
-            "per": "grid position" if family == "llava" else "tile position (every tile and the thumbnail)"}
-    grids: list = [None]
-    if family == "llava":
-        side = llava.grid_side(model)
-        find = lambda ids: llava.find_items(ids, int(model.config.image_token_id), side)  # noqa: E731
-    else:
-        side = internvl.tile_side(model)
-        find = lambda ids: internvl.find_items(ids, int(model.config.image_token_id), side, grids)  # noqa: E731
+    hints: list = [None]
 
-    def make_inputs(path: pathlib.Path):
+    def find(ids):
+        return family.items(model, ids, hints[0])
+
+    def make_inputs(load):
         def build():
-            image = Image.open(path).convert("RGB")
-            if family == "internvl":
-                grids[0] = internvl.tile_grid((image.height, image.width), args.max_tiles)
-            return build_inputs(processor, family, image, args.prompt, args.max_tiles, model.device)
+            image = load()
+            hints[0] = family.item_hints(processor, [image], max_tiles)
+            return build_inputs(processor, family, image, prompt, max_tiles, model.device)
         return build
 
-    prior = compute(model, [(image_key(p), make_inputs(p)) for p in paths], prune_layer=args.prune_layer,
-                    find_items=find, block=side * side, meta=meta, out=args.out)
-    print(f"wrote {args.out}: {prior.values.size} values from {prior.meta['n_images']} images")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return compute(model, [(key, make_inputs(load)) for key, load in images], prune_layer=prune_layer, find_items=find,
+                   block=family.prior_block(model), meta=meta, out=out, progress=progress)

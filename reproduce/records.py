@@ -1,0 +1,178 @@
+"""What a table run leaves on disk, per cell: the record (value, fingerprint, provenance) and the answers.
+
+::
+
+    cells/<method>@<budget>/<benchmark>.json                     one record per cell (value + provenance)
+    cells/<method>@<budget>/<benchmark>.answers.jsonl            one line per answered sample (the resume cache)
+    cells/<method>@<budget>/<benchmark>.answers.rankR-of-W.jsonl the same, per process when W share the run
+    cells/<method>@<budget>/<benchmark>.answers.stale-<h>.jsonl  answers of another run configuration, set aside
+
+A record is reused only while its ``cell`` fingerprint (:func:`cell_fingerprint`) is this run's; the
+answer files are the adapter's per-sample cache, whose first line fingerprints the run that wrote it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import pathlib
+import platform
+import re
+import subprocess
+import sys
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SEED = 0
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a method, budget or benchmark name.
+
+    >>> slug("RefCOCO+ testA"), slug("10%"), slug("MMB-CN")
+    ('RefCOCOplus_testA', '10pct', 'MMB-CN')
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text.replace("+", "plus").replace("%", "pct").replace(" ", "_"))
+
+
+def cell_paths(out: pathlib.Path, row, bench) -> tuple[pathlib.Path, pathlib.Path]:
+    """``(record, answers)`` paths of the cell of ``row`` (:class:`reproduce.specs.Row`) and ``bench``
+    (:class:`reproduce.benchmarks.Benchmark`) under the output folder ``out``."""
+    cell_dir = out / "cells" / slug(row.label)
+    return cell_dir / f"{slug(bench.name)}.json", cell_dir / f"{slug(bench.name)}.answers.jsonl"
+
+
+def write_json_atomic(path: pathlib.Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def cell_fingerprint(*, spec: dict, row, bench, limit: int | None, world_size: int, adapter_kwargs: dict) -> dict:
+    """What makes a cell's value: spec version, task, metric, limit, process count and the run's fingerprint
+    (checkpoint, revision, method, budget, configuration, dtype, prior hash, tile limit)."""
+    from reproduce import adapter
+
+    return {"spec_version": spec["spec_version"], "task": bench.task, "metric": bench.metric, "limit": limit,
+            "world_size": world_size,
+            "run": adapter.run_fingerprint(
+                pretrained=adapter_kwargs["pretrained"], revision=adapter_kwargs["revision"], method=row.key,
+                budget=row.budget if row.key else None, config=adapter_kwargs["config"], dtype=adapter_kwargs["dtype"],
+                prior=adapter_kwargs["prior"], max_tiles=adapter_kwargs["max_tiles"],
+                max_new_tokens_cap=adapter_kwargs["max_new_tokens_cap"])}
+
+
+def reusable_record(record_path: pathlib.Path, cell: dict) -> dict | None:
+    """The cell's record if one exists for this very fingerprint ``cell``, else None (saying so, on rank 0,
+    when a record of another configuration is there)."""
+    if not record_path.exists():
+        return None
+    record = json.loads(record_path.read_text())
+    if record.get("cell") == json.loads(json.dumps(cell)):
+        return record
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{record_path}: recorded for another configuration ({record.get('cell')}); evaluating again",
+              file=sys.stderr)
+    return None
+
+
+def make_record(*, spec: dict, row, bench, cell: dict, raw: float, answers: pathlib.Path, limit: int | None,
+                world_size: int, wall_s: float, env: dict, provenance: dict) -> dict:
+    """The record of one evaluated cell: lmms-eval's ``raw`` value and the value as the paper prints it,
+    what was scored (:func:`answers_digest`) and the provenance."""
+    digest, n, kept = answers_digest(answers, limit, world_size)
+    return {"table": spec["table"], "spec_version": spec["spec_version"], "cell": cell, "method": row.method,
+            "budget": row.budget, "benchmark": bench.name, "task": bench.task, "stock_task": bench.stock,
+            "metric": bench.metric, "value": round(raw * bench.scale, 4), "raw_value": raw,
+            "n_samples": n, "limit": limit, "answers_sha256": digest, "mean_visual_tokens_kept": kept,
+            "wall_s": round(wall_s, 2),
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "provenance": {**env, **provenance, "seed": SEED}}
+
+
+def answer_files(path: pathlib.Path, world_size: int = 1) -> list[pathlib.Path]:
+    """The answer files of a cell for ``world_size`` processes (one per rank when several share the run)."""
+    if world_size == 1:
+        return [path] if path.exists() else []
+    return [path.with_name(f"{path.stem}.rank{r}-of-{world_size}{path.suffix}") for r in range(world_size)
+            if path.with_name(f"{path.stem}.rank{r}-of-{world_size}{path.suffix}").exists()]
+
+
+def set_aside_stale_answers(path: pathlib.Path, fingerprint: dict) -> list[pathlib.Path]:
+    """Rename the answer files of a cell (plain or per rank) that another run wrote (another checkpoint,
+    prior, dtype, ...: their first line's fingerprint differs) to ``<name>.stale-<hash>.jsonl``, so that
+    the new run starts its own and nothing is lost; return the new names.
+
+    >>> import tempfile
+    >>> d = pathlib.Path(tempfile.mkdtemp()); f = d / "POPE.answers.jsonl"
+    >>> _ = f.write_text(json.dumps({"fingerprint": {"prior_sha256": "a"}}) + "\\n")
+    >>> set_aside_stale_answers(f, {"prior_sha256": "a"}), f.exists()
+    ([], True)
+    >>> [p.name for p in set_aside_stale_answers(f, {"prior_sha256": "b"})], f.exists()
+    (['POPE.answers.stale-716e38b7.jsonl'], False)
+    """
+    moved = []
+    want = json.loads(json.dumps(fingerprint))
+    for f in [path, *path.parent.glob(f"{path.stem}.rank*-of-*{path.suffix}")]:
+        if not f.exists() or ".stale-" in f.name:  # set aside before
+            continue
+        with open(f, encoding="utf-8") as fh:
+            first = fh.readline()
+        try:
+            head = json.loads(first).get("fingerprint") if first.strip() else want
+        except json.JSONDecodeError:  # cut inside its first line: nothing in it to keep
+            head = None
+        if head == want:
+            continue
+        tag = hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()[:8]
+        stale = f.with_name(f"{f.stem}.stale-{tag}{f.suffix}")
+        os.replace(f, stale)
+        moved.append(stale)
+    return moved
+
+
+def answers_digest(path: pathlib.Path, limit: int | None = None, world_size: int = 1) -> tuple[str, int, float | None]:
+    """SHA-256 (12 hex) of the sorted (key, answer) pairs of the samples this evaluation scored, their
+    count, and the mean visual tokens kept.
+
+    Only this process count's answer files are read, each sample once, and with ``limit`` only the
+    first ``limit`` documents (those lmms-eval evaluates): answers left in the cache by a longer or
+    differently sharded run of the same configuration are not counted.
+    """
+    lines = [line for f in answer_files(path, world_size) for line in f.read_text(encoding="utf-8").splitlines()[1:]]
+    unique = {r["key"]: r for r in map(json.loads, lines) if limit is None or r["doc_id"] < limit}
+    records = sorted(unique.values(), key=lambda r: r["key"])
+    digest = hashlib.sha256(json.dumps([[r["key"], r["answer"]] for r in records]).encode()).hexdigest()[:12]
+    kept = [r["visual_tokens"][1] for r in records if "visual_tokens" in r]
+    return digest, len(records), (round(sum(kept) / len(kept), 2) if kept else None)
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=10)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if sha.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(device: str) -> dict:
+    """Versions and machine of this run (the part of a cell's provenance shared by all cells)."""
+    from importlib import metadata
+
+    import torch
+    import transformers
+
+    import d2pruner
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        machine = torch.cuda.get_device_name(torch.device(device))
+    else:
+        machine = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return {"d2pruner": d2pruner.__version__, "lmms_eval": metadata.version("lmms-eval"), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(), "git_commit": git_commit(),
+            "device": str(device), "machine": machine}

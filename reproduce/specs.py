@@ -1,0 +1,197 @@
+"""The table specs ``reproduce/specs/<table>.json``: which tables exist, their rows and columns, the
+paper's values, and which rows cannot run (and why), decided before anything runs.
+
+The tables are the spec files in the folder (``table1``, ``table2``, ... ; a new file is a new table).
+A spec names its model once (``model.id``, ``model.family``); its benchmark columns name records of
+:mod:`reproduce.benchmarks` (``{"benchmark": "POPE"}``), its derived columns say how they are computed
+(:func:`reproduce.tables.derived_values`).
+
+>>> TABLES
+('table1', 'table2', 'table3')
+>>> [b.task for b in benchmark_columns(load_spec("table3"))][:2]
+['d2p_refcoco_bbox_rec_val', 'd2p_refcoco_bbox_rec_testA']
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SPECS = pathlib.Path(__file__).resolve().parent / "specs"
+
+
+def _natural(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+#: The tables: the spec files of :data:`SPECS`, in natural order (``table2`` before ``table10``).
+TABLES: tuple[str, ...] = tuple(sorted((p.stem for p in SPECS.glob("*.json")), key=_natural))
+
+# FAMILY: the visual tokens a table row is counted for on the full-size model: LLaVA-1.5's 576;
+# InternVL-2.5 at 6 tiles + thumbnail (a typical 4:3 image; the real count varies per image). Budgets
+# given as a percentage are resolved against it, and the row's FLOPs are counted for it.
+ROW_VISUAL_TOKENS = {"llava": 576, "internvl": 256 * (6 + 1)}
+
+
+def load_spec(table: str) -> dict:
+    """The table spec ``reproduce/specs/<table>.json``; ``ValueError`` naming the known tables otherwise."""
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; available: {', '.join(TABLES)}")
+    return json.loads((SPECS / f"{table}.json").read_text())
+
+
+def family_models() -> dict[str, str]:
+    """Model family -> the model id the table specs give it (each family one model).
+
+    >>> family_models()["llava"]
+    'llava-hf/llava-1.5-7b-hf'
+    """
+    out: dict[str, str] = {}
+    for table in TABLES:
+        model = load_spec(table)["model"]
+        if out.setdefault(model["family"], model["id"]) != model["id"]:
+            raise ValueError(f"the specs give family {model['family']!r} two models: {out[model['family']]!r}, {model['id']!r}")
+    return out
+
+
+def paper_values(spec: dict) -> dict[tuple[str, str, str], float | None]:
+    """``(method, budget, benchmark) -> value`` from paper_tables (None where the paper's cell is unknown)."""
+    with open(ROOT / spec["paper_file"], encoding="utf-8") as f:
+        return {(r["method"], r["budget"], r["benchmark"]): None if r["value"] == "unknown" else float(r["value"])
+                for r in csv.DictReader(f)}
+
+
+def benchmark_columns(spec: dict) -> list:
+    """The benchmark records (:class:`reproduce.benchmarks.Benchmark`) of the spec's non-derived columns,
+    in order; ``ValueError`` naming a column that no record has."""
+    from reproduce import benchmarks
+
+    return [benchmarks.get(c["benchmark"]) for c in spec["columns"] if "derived" not in c]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    method: str
+    budget: str
+    key: str | None  # the method's registered name (d2pruner.methods); None for the unpruned model
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}@{self.budget}"
+
+
+def select_rows(spec: dict, smoke: bool, wanted: str | None) -> tuple[list[Row], list[tuple[str, str, str]]]:
+    """The rows to run and the rows marked not run (with the reason).
+
+    ``wanted``: comma-separated ``Method@budget`` labels (``--rows``); ``ValueError`` naming unknown ones.
+    """
+    rows = spec["rows"]
+    if smoke:
+        rows = [{"method": m, "budget": b} for m, b in spec["smoke"]["rows"]]
+    if wanted:
+        labels = [w.strip() for w in wanted.split(",") if w.strip()]
+        known = {f"{r['method']}@{r['budget']}": r for r in spec["rows"]}
+        bad = [w for w in labels if w not in known]
+        if bad:
+            raise ValueError(f"unknown rows {bad} for {spec['table']}; rows are: {', '.join(known)}")
+        rows = [known[w] for w in labels]
+    run, skipped = [], []
+    for r in rows:
+        key = spec["method_keys"][r["method"]]
+        if r["method"] == "Vanilla":
+            run.append(Row(r["method"], r["budget"], None))
+            continue
+        if key is None or not _registered(key):
+            skipped.append((r["method"], r["budget"], "not implemented"))
+        elif (why := row_refusal(spec, key, r["budget"])) is not None:
+            skipped.append((r["method"], r["budget"], why))
+        else:
+            run.append(Row(r["method"], r["budget"], key))
+    return run, skipped
+
+
+def _registered(key: str) -> bool:
+    from d2pruner.methods.base import get_method
+
+    try:
+        get_method(key)
+    except ValueError:  # no method registered under that name
+        return False
+    return True
+
+
+def row_visual_tokens(spec: dict) -> int:
+    """The visual tokens of a table row on the spec's full-size model (:data:`ROW_VISUAL_TOKENS`)."""
+    family = spec["model"]["family"]
+    if family not in ROW_VISUAL_TOKENS:
+        raise ValueError(f"no row visual token count for model family {family!r}; known: {', '.join(ROW_VISUAL_TOKENS)}")
+    return ROW_VISUAL_TOKENS[family]
+
+
+def row_schedule(spec: dict, key: str | None, budget: str) -> list[tuple[int, int]]:
+    """``[(layer, visual tokens from that layer on), ...]`` of a row on the spec's full-size model: the
+    method's own schedule (:meth:`d2pruner.methods.base.Method.schedule`) with the model's decoder
+    layers, :func:`row_visual_tokens` and the budget (``"64"`` or ``"10%"``, resolved against those
+    tokens, halves rounded up); ``[(0, n_visual)]`` for the unpruned model. ``ValueError`` where the
+    method cannot reach the budget.
+
+    >>> spec = load_spec("table3")
+    >>> row_schedule(spec, None, "100%"), row_schedule(spec, "d2pruner", "10%"), row_schedule(spec, "divprune", "10%")
+    ([(0, 1792)], [(0, 1792), (2, 179)], [(0, 179)])
+    """
+    from d2pruner.flops import LMDims, paper_config
+    from d2pruner.methods.base import get_method
+    from d2pruner.spec import resolve_budget
+    from reproduce.adapter import parse_budget
+
+    n_visual = row_visual_tokens(spec)
+    parsed = parse_budget(budget)
+    if key is None or parsed is None:
+        return [(0, n_visual)]
+    n_layers = LMDims.from_config(paper_config(spec["model"]["id"])).layers
+    return get_method(key).schedule(n_layers, n_visual, resolve_budget(parsed, n_visual))
+
+
+def row_refusal(spec: dict, key: str, budget: str) -> str | None:
+    """Why method ``key`` cannot run at ``budget`` on the spec's model, decided before anything runs, or None.
+
+    Two reasons exist: the model family refuses the method (InternVL has no [CLS] attention for
+    VisionZip and no CLIP text tower for CDPruner: the family's ``refusal``), or the method's own
+    schedule on the full-size model cannot reach the budget (:func:`row_schedule`: a progressive
+    method cannot average ``budget`` visual tokens over the layers under the equivalent-token rule,
+    e.g. PyramidDrop at 128 or 64 of 576).
+
+    >>> spec = load_spec("table1")
+    >>> row_refusal(spec, "pyramiddrop", "192") is None, row_refusal(spec, "pyramiddrop", "64")[:40]
+    (True, 'pyramiddrop cannot average 64 visual tok')
+    >>> row_refusal(load_spec("table3"), "visionzip", "10%")[:40]
+    'visionzip needs the [CLS] attention of t'
+    """
+    from d2pruner.methods.base import get_method
+    from d2pruner.models.family import get_family
+
+    if (why := get_family(spec["model"]["family"]).refusal(get_method(key))) is not None:
+        return why
+    try:
+        row_schedule(spec, key, budget)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def select_columns(spec: dict, wanted: str | None) -> list:
+    """The benchmark columns to run, as :class:`reproduce.benchmarks.Benchmark` records (``--columns``:
+    comma-separated benchmark names)."""
+    cols = benchmark_columns(spec)
+    if wanted:
+        names = [w.strip() for w in wanted.split(",") if w.strip()]
+        known = {b.name: b for b in cols}
+        bad = [n for n in names if n not in known]
+        if bad:
+            raise ValueError(f"unknown columns {bad} for {spec['table']}; columns are: {', '.join(known)}")
+        cols = [known[n] for n in names]
+    return cols
