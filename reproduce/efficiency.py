@@ -35,7 +35,7 @@ TABLE_METHODS = {"D2Pruner": "d2pruner", "FastV": "fastv", "DART": "dart", "IDPr
                  "PyramidDrop": "pyramiddrop", "SparseVLM": "sparsevlm"}
 
 
-def model_id(family: str) -> str:
+def model_of(family: str) -> str:
     """The model id the table specs give ``family`` (``"llava"``, ``"internvl"``)."""
     from reproduce.specs import family_models
 
@@ -69,11 +69,11 @@ def method_schedule(method: str, n_visual: int, n_keep: int, layers: int = 32) -
 
 def table_d2pruner() -> list[dict]:
     rows = []
-    cases = [(model_id("llava"), MODEL_NAMES["llava"], 576, f"{b}/576", b) for b in LLAVA_BUDGETS]
+    cases = [(model_of("llava"), MODEL_NAMES["llava"], 576, f"{b}/576", b) for b in LLAVA_BUDGETS]
     for tiles in (1, 6, 12):
         n = internvl_tokens(tiles)
         for pct in (25, 10):
-            cases.append((model_id("internvl"), MODEL_NAMES["internvl"], n, f"{pct}% of {n} ({tiles} tiles)", max(1, (n * pct + 50) // 100)))
+            cases.append((model_of("internvl"), MODEL_NAMES["internvl"], n, f"{pct}% of {n} ({tiles} tiles)", max(1, (n * pct + 50) // 100)))
     for model_id, model, n_visual, label, keep in cases:
         dims = LMDims.from_config(paper_config(model_id))
         for text in TEXT_LENGTHS:
@@ -86,7 +86,7 @@ def table_d2pruner() -> list[dict]:
 
 
 def table_search(max_text: int = 1000) -> list[dict]:
-    dims = LMDims.from_config(paper_config(model_id("llava")))
+    dims = LMDims.from_config(paper_config(model_of("llava")))
     rows = []
     for name, conv in CONVENTIONS.items():
         for keep in LLAVA_BUDGETS:
@@ -103,7 +103,7 @@ def table_search(max_text: int = 1000) -> list[dict]:
 
 
 def table_methods(text: int = 64, convention: str = "exact") -> list[dict]:
-    dims = LMDims.from_config(paper_config(model_id("llava")))
+    dims = LMDims.from_config(paper_config(model_of("llava")))
     conv = CONVENTIONS[convention]
     full = prefill_flops(dims, text, [(0, 576)], conv)
     rows = [{"method": "unpruned", "budget": 576, "schedule": "[(0, 576)]", "TFLOPs": round(full / 1e12, 4), "reduction": 0.0}]

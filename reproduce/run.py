@@ -31,7 +31,8 @@ import os
 import pathlib
 import sys
 
-from reproduce.specs import ROOT, TABLES, load_spec, select_columns, select_rows  # noqa: F401  (TABLES, load_spec: scripts/update_goldens.py)
+# TABLES and load_spec are also read from here by scripts/update_goldens.py
+from reproduce.specs import ROOT, TABLES, load_spec, select_columns, select_rows  # noqa: F401
 
 
 def parse_args(table: str, argv: list[str]) -> argparse.Namespace:
@@ -64,6 +65,7 @@ def main(table: str, argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from reproduce import adapter, inputs, records, tables, tasks
+    from reproduce.tasks import smoke
     from reproduce.cell import run_cell
 
     device = adapter.process_device(args.device)  # cuda:LOCAL_RANK when several processes share the run
@@ -89,7 +91,7 @@ def main(table: str, argv: list[str] | None = None) -> int:
     model = adapter.load(model_id, revision=revision, dtype=dtype, device=device,
                          attn_implementation=mspec["attn_implementation"], max_tiles=max_tiles)
     if args.smoke:  # every process writes its own copy (identical), so none reads a file another is writing
-        include_path = tasks.write_smoke_tasks([b.stock for b in columns], out / "smoke-data" / f"rank{rank}", n=limit)
+        include_path = smoke.write_smoke_tasks([b.stock for b in columns], out / "smoke-data" / f"rank{rank}", n=limit)
         prior = out / "prior.json"
         if any(adapter.uses_prior(r.key) for r in rows) and not prior.exists():
             mine = out / f"prior.rank{rank}.json"

@@ -6,8 +6,8 @@ A spec names its model once (``model.id``, ``model.family``); its benchmark colu
 :mod:`reproduce.benchmarks` (``{"benchmark": "POPE"}``), its derived columns say how they are computed
 (:func:`reproduce.tables.derived_values`).
 
->>> TABLES
-('table1', 'table2', 'table3')
+>>> TABLES[:2], load_spec("table1")["model"]["family"]
+(('table1', 'table2'), 'llava')
 >>> [b.task for b in benchmark_columns(load_spec("table3"))][:2]
 ['d2p_refcoco_bbox_rec_val', 'd2p_refcoco_bbox_rec_testA']
 """

@@ -118,12 +118,12 @@ MUTANTS = {
         "d2pruner/methods/pyramiddrop.py", "    scores_at_stage_layer = True\n", "    scores_at_stage_layer = False\n"),
     "adapter: a padded duplicate request answered twice": (
         "reproduce/adapter.py", "elif key in first:", "elif False:"),
-    "run: a record of another configuration reused": (
-        "reproduce/run.py", 'if record.get("cell") == json.loads(json.dumps(cell)):', "if True:"),
-    "run: answers beyond --limit counted": (
-        "reproduce/run.py", 'if limit is None or r["doc_id"] < limit}', "if True}"),
-    "run: another run's answers not set aside": (
-        "reproduce/run.py", "        if head == want:\n            continue", "        if True:\n            continue"),
+    "records: a record of another configuration reused": (
+        "reproduce/records.py", 'if record.get("cell") == json.loads(json.dumps(cell)):', "if True:"),
+    "records: answers beyond --limit counted": (
+        "reproduce/records.py", 'if limit is None or r["doc_id"] < limit}', "if True}"),
+    "records: another run's answers not set aside": (
+        "reproduce/records.py", "        if head == want:\n            continue", "        if True:\n            continue"),
     "adapter: the prior in the fingerprint of rows that do not read it": (
         "reproduce/adapter.py", "reads_prior = uses_prior(method) and prior", "reads_prior = prior"),
     "models: pre-encoded images after a cache taken for decoding": (

@@ -28,21 +28,23 @@ def test_latency_benchmark_smoke(tmp_path, monkeypatch):
         assert stop.code == 0
     rows = json.loads(out.read_text())["rows"]
     got = [(r["family"], r["tiles"], r["visual_after"]) for r in rows]
-    assert got == [("llava", 1, None), ("llava", 1, 576), ("llava", 1, 192), ("llava", 1, 128), ("llava", 1, 64),
-                   ("internvl", 1, None), ("internvl", 1, 256), ("internvl", 1, 64), ("internvl", 1, 26),
-                   ("internvl", 2, None), ("internvl", 2, 768), ("internvl", 2, 192), ("internvl", 2, 77)]
+    assert got == [("internvl", 1, None), ("internvl", 1, 256), ("internvl", 1, 64), ("internvl", 1, 26),
+                   ("internvl", 2, None), ("internvl", 2, 768), ("internvl", 2, 192), ("internvl", 2, 77),
+                   ("llava", 1, None), ("llava", 1, 576), ("llava", 1, 192), ("llava", 1, 128), ("llava", 1, 64)]
     assert all(r["prefill_ms"] > 0 and r["prefill_ratio"] > 0 for r in rows)
     assert all(r["selection_ms"] > 0 for r in rows if r["budget"] != "unpruned")
 
 
 def test_full_size_models_build_from_the_shipped_configs():
-    """On the meta device (no memory): the parameter counts of the paper's two 7-8B models."""
+    """On the meta device (no memory): the parameter counts of the paper's two 7-8B models, as the latency
+    benchmark builds them (``ModelFamily.full_size_model``)."""
     import torch
 
-    latency = runpy.run_path("benchmarks/latency.py")
+    from d2pruner.models.family import get_family
+
     counts = {}
     for family in ("llava", "internvl"):
-        model, token = latency["build_full"](family, "sdpa", torch.float16, "meta")
+        model = get_family(family).full_size_model("sdpa", torch.float16, "meta")
         counts[family] = sum(p.numel() for p in model.parameters())
         layers = model.model.language_model.layers
         assert len(layers) == 32 and layers[0].mlp.gate_proj.weight.shape[0] == (11008 if family == "llava" else 14336)

@@ -89,7 +89,7 @@ def test_schedules_follow_each_methods_pruning_point():
 
     for key in METHODS:
         m = get_method(key)
-        if hasattr(m, "stage_budgets"):
+        if m.progressive:
             continue
         layer = 2 if m.default_layer is None else m.default_layer
         assert efficiency.method_schedule(key, 576, 64) == ([(0, 64)] if layer == 0 else [(0, 576), (layer, 64)]), key

@@ -94,9 +94,8 @@ def test_an_unknown_name_is_refused_naming_it_and_the_known_ones():
 
 
 @pytest.mark.parametrize("name,n_layers,prune_layer,message", [
-    ("fastv", 32, 0, "method 'fastv' reads the attention row of layer K-1, so it cannot prune before the LLM (prune_layer=0)"),
-    ("mmr-d2score", 32, 0, "method 'mmr-d2score' reads the attention row of layer K-1, so it cannot prune before the LLM (prune_layer=0)"),
-    ("d2pruner", 32, 0, "method 'd2pruner' reads the attention row of layer K-1, so it cannot prune before the LLM (prune_layer=0)"),
+    *[(name, 32, 0, f"method {name!r} reads the attention row of layer K-1, so it cannot prune before the LLM "
+                    "(prune_layer=0)") for name in ("fastv", "mmr-d2score", "d2pruner")],
     ("dart", 32, 0, "method 'dart' reads the keys of layer K-1, so it cannot prune before the LLM (prune_layer=0)"),
     ("visionzip", 32, 2, "method 'visionzip' merges or scores vision-tower features, so it prunes before the LLM only "
                          "(prune_layer=0), not at [2]"),

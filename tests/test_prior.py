@@ -11,7 +11,8 @@ import torch
 
 from d2pruner import D2PrunerConfig
 from d2pruner.models import internvl, llava, tiny
-from d2pruner.models.prior import Prior, attention_rows, compute, main
+from d2pruner.models.prior import Prior, attention_rows, compute
+from d2pruner.models.prior.__main__ import main
 from model_inputs import left_padded_batch
 
 META = {"model_id": "tiny", "revision": None, "model_class": "LlavaForConditionalGeneration", "prune_layer": 2,

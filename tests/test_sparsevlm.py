@@ -8,7 +8,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from d2pruner.methods import sparsevlm_raters, sparsevlm_selection
+from d2pruner.methods import Need, sparsevlm_raters, sparsevlm_selection
 from d2pruner.methods import SparseVLMMethod, get_method
 from d2pruner.models import internvl, llava, tiny
 from model_inputs import FAMILIES, left_padded_batch
@@ -81,7 +81,7 @@ def test_first_stage_equals_the_definition_on_eager_outputs():
         pos = (batch["input_ids"][i] == tiny.IMAGE_TOKEN).nonzero()[:, 0]
         after = torch.arange(int(pos.max()) + 1, batch["input_ids"].shape[1])
         raters = after[sparsevlm_raters(embeds[i, pos], embeds[i, after])]
-        assert handle._raters[i].tolist() == raters.tolist()
+        assert handle.probe(Need.RATER_ATTENTION).raters[i].tolist() == raters.tolist()
         score = attn[i][raters][:, pos].double().mean(dim=0)
         n1 = get_method("sparsevlm").stage_budgets(576, k, 4)[0]
         want = sparsevlm_selection(score, out.hidden_states[1][i, pos], n1)
@@ -177,7 +177,7 @@ def test_later_stages_read_the_raters_attention_on_the_cut_sequence():
         index, valid = handle.stage_state[stage - 1]  # (B, L') original position of each slot after stage `stage`
         attn = out.attentions[handle.stage_layers[stage] - 1].mean(dim=1)  # (B, L', L')
         for i, (pos, _) in enumerate(find(batch["input_ids"])):
-            raters = handle._raters[i]
+            raters = handle.probe(Need.RATER_ATTENTION).raters[i]
             r_slots = torch.isin(index[i], raters) & valid[i]
             kept_pos = pos[torch.as_tensor(handle.stage_stats[stage - 1][i])]
             v_slots = torch.isin(index[i], kept_pos) & valid[i]

@@ -177,7 +177,8 @@ class Method:
         """
         if self.progressive:
             if prune_layer is not None:
-                raise ValueError(f"{self.name!r} prunes at its own stages; do not pass prune_layer (got prune_layer={prune_layer})")
+                raise ValueError(f"{self.name!r} prunes at its own stages; do not pass prune_layer "
+                                 f"(got prune_layer={prune_layer})")
             layers = list(self.stage_layers(n_layers))
         else:
             layers = [int(self.default_layer if prune_layer is None else prune_layer)]

@@ -136,6 +136,14 @@ class PruningHandle:
             raise ValueError("set_instructions takes one text per batch item (a list), got a single string")
         self.instructions = [None if t is None else str(t) for t in instructions]
 
+    def probe(self, need: Need):
+        """The probe capturing ``need`` for this handle's method (e.g. ``probe(Need.RATER_ATTENTION).raters``,
+        each item's rater positions); ``KeyError`` when the method does not need it."""
+        for p in self._probes:
+            if p.need == need or (need == Need.CLS_ATTENTION and p.need == Need.VISION_FEATURES):
+                return p
+        raise KeyError(f"{self.method.name} does not need {need.value!r}")
+
     def set_item_hints(self, hints: Sequence | None) -> None:
         """Per-item layout facts the token ids do not carry (the family's ``item_hints``), for the next
         forward passes."""

@@ -54,6 +54,8 @@ class StageContext:
 class Probe:
     """Captures one need. Every method is optional; :meth:`fields` gives one item's ItemInputs fields."""
 
+    #: The need it captures.
+    need: Need
     #: Register this probe's hooks after the cut hooks (so a hook on a cut layer runs after the cut).
     after_cuts: bool = False
 
@@ -75,6 +77,8 @@ class KeyNormProbe(Probe):
     """DART's inputs: layer K-1's key L1 norms (after the rotary embedding, as its KV cache holds them)
     and the hidden states entering layer K after the LLM's final norm (as DART's public code compares
     them), of the visual tokens and of the real text tokens after the item's image (the question)."""
+
+    need = Need.KEYS
 
     def __init__(self) -> None:
         self.norms: torch.Tensor | None = None
@@ -100,6 +104,8 @@ class KeyNormProbe(Probe):
 class InstructionProbe(Probe):
     """Each item's instruction text, from :meth:`PruningHandle.set_instructions`; a missing one raises."""
 
+    need = Need.INSTRUCTION
+
     def prepare(self, handle, ctx) -> None:
         name = handle.method.name
         if handle.instructions is None:
@@ -119,6 +125,8 @@ class InstructionProbe(Probe):
 class TokenKeyProbe(Probe):
     """A CRC-32 of the item's real token ids: the same prompt gives the same key alone or in any batch."""
 
+    need = Need.TOKEN_KEY
+
     def fields(self, handle, ctx, i) -> dict:
         ids = handle.input_ids[i]
         real = ids if handle.mask2d is None else ids[handle.mask2d[i].bool()]
@@ -133,6 +141,7 @@ class RaterProbe(Probe):
     whose image ends the prompt uses its last token. At the layer before each cut, each rater's
     attention row is computed from q/k (softmax over the full causal key length, mean over heads)."""
 
+    need = Need.RATER_ATTENTION
     after_cuts = True
 
     def __init__(self, rate) -> None:
@@ -189,6 +198,8 @@ class VisionCapture(Probe):
     placeholder order, into one block per batch item (an item with ``N`` visual tokens takes the next
     ``N / T`` images).
     """
+
+    need = Need.VISION_FEATURES
 
     def __init__(self, vision_tower: torch.nn.Module, projector: torch.nn.Module,
                  cls_attention_module: torch.nn.Module | None = None) -> None:

@@ -16,10 +16,10 @@ stock task only where the paper's protocol does:
   no task writes submission files.
 
 The runner loads them with ``lmms_eval.tasks.TaskManager(include_path=TASK_DIR,
-include_defaults=False)``. :func:`write_smoke_tasks` writes the same tasks (same names, same
-functions, same generation settings) over tiny local data for CPU smoke runs and tests;
-:func:`write_hub_cache` primes a ``datasets`` cache with that data under the real hub ids, so
-that the real YAMLs themselves can be run offline in tests.
+include_defaults=False)``. :func:`reproduce.tasks.smoke.write_smoke_tasks` writes the same tasks
+(same names, same functions, same generation settings) over tiny local data for CPU smoke runs and
+tests; :func:`reproduce.tasks.smoke.write_hub_cache` primes a ``datasets`` cache with that data
+under the real hub ids, so that the real YAMLs themselves can be run offline in tests.
 
 This module imports neither lmms-eval nor ``datasets`` at import time.
 
@@ -39,11 +39,9 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Sequence
-
 from reproduce.benchmarks import PREFIX, by_stock
 
-__all__ = ["TASK_DIR", "PREFIX", "task_name", "dataset_ids", "missing_data", "write_smoke_tasks", "write_hub_cache"]
+__all__ = ["TASK_DIR", "PREFIX", "task_name", "dataset_ids", "missing_data"]
 
 #: Folder of the real-run task YAMLs (``d2p_<stock>.yaml``), to pass as ``include_path``.
 TASK_DIR: pathlib.Path = pathlib.Path(__file__).resolve().parent
@@ -61,7 +59,7 @@ def task_name(stock: str) -> str:
     -------
     str
         ``"d2p_" + stock``; the task of that name is defined by ``TASK_DIR / f"{name}.yaml"``
-        and, for smoke runs, by the folder :func:`write_smoke_tasks` returns.
+        and, for smoke runs, by the folder :func:`reproduce.tasks.smoke.write_smoke_tasks` returns.
 
     Raises
     ------
@@ -165,52 +163,3 @@ def missing_data(stock: str, cache_dir: str | os.PathLike | None = None) -> list
         if not any(p.is_dir() for p in prepared.glob("*/*")):
             missing.append(data.repo)
     return list(dict.fromkeys(missing))
-
-
-def write_smoke_tasks(stocks: Sequence[str], out_dir: str | os.PathLike, n: int = 4) -> pathlib.Path:
-    """Write tiny local twins of our tasks: same task names, functions and prompts, local data.
-
-    See :func:`reproduce.tasks.smoke.write_smoke_tasks` for the data; this is the same function.
-
-    Parameters
-    ----------
-    stocks : sequence of str
-        Stock lmms-eval task names (see :func:`task_name`).
-    out_dir : path-like
-        Folder to write into (created if needed); pass it as ``include_path``.
-    n : int, default 4
-        Items per task (see the smoke module for what an item is per benchmark).
-
-    Returns
-    -------
-    pathlib.Path
-        ``out_dir``, the include path of the smoke tasks.
-    """
-    from reproduce.tasks.smoke import write_smoke_tasks as _write
-
-    return _write(stocks, out_dir, n=n)
-
-
-def write_hub_cache(stocks: Sequence[str], cache_dir: str | os.PathLike, n: int = 4) -> pathlib.Path:
-    """Prime a ``datasets`` cache with the smoke data under the real tasks' hub ids (tests only).
-
-    See :func:`reproduce.tasks.smoke.write_hub_cache`: with ``HF_DATASETS_CACHE=cache_dir`` and
-    offline mode, the real YAMLs of :data:`TASK_DIR` run end to end on CPU over the smoke rows.
-
-    Parameters
-    ----------
-    stocks : sequence of str
-        Stock lmms-eval task names.
-    cache_dir : path-like
-        The ``datasets`` cache to write into.
-    n : int, default 4
-        Items per task.
-
-    Returns
-    -------
-    pathlib.Path
-        ``cache_dir``.
-    """
-    from reproduce.tasks.smoke import write_hub_cache as _write
-
-    return _write(stocks, cache_dir, n=n)

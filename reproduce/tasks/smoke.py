@@ -291,7 +291,7 @@ def write_smoke_tasks(stocks: Sequence[str], out_dir: str | os.PathLike, n: int 
         config.update(bench.smoke_overrides)
         for file_name, text in bench.smoke_files.items():
             (out / file_name).write_text(text, encoding="utf-8")
-        header = (f"# Smoke twin of reproduce/tasks/{name}.yaml, written by reproduce.tasks.write_smoke_tasks:\n"
+        header = (f"# Smoke twin of reproduce/tasks/{name}.yaml, written by reproduce.tasks.smoke.write_smoke_tasks:\n"
                   f"# the same task over {n} local items built from skimage.data photographs. Not a benchmark.\n")
         (out / f"{name}.yaml").write_text(header + dump_task_yaml(_ordered(config)), encoding="utf-8")
     return out
