@@ -179,10 +179,10 @@ def check_internvl_answers_end_with_the_chat_turn():
 
 
 def _build():
-    from d2pruner.models.internvl import tile_grid
+    """The arguments after ``handle`` of the adapter's ``_generate``."""
     from d2pruner.models.loading import build_batch
 
-    return build_batch, tile_grid
+    return (build_batch,)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from d2pruner.models import loading, tiny_processor
+from d2pruner.models import llava, loading, tiny_processor
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHECKS = [n for n in (ROOT / "tests" / "adapter_checks.py").read_text().split("\ndef ")[1:] if n.startswith("check_")]

@@ -74,9 +74,11 @@ class ModelFamily:
         """Positions of one prior block (one value each): LLaVA's grid, InternVL's tile."""
         raise NotImplementedError
 
-    def items(self, model: torch.nn.Module, input_ids: torch.Tensor, hints: Sequence | None) -> list:
+    def items(self, model: torch.nn.Module, input_ids: torch.Tensor, hints: Sequence | None,
+              inputs: Mapping | None = None) -> list:
         """For each item, ``(positions (N,), TokenLayout)`` of its visual tokens, or None (no image).
-        ``hints`` are what :meth:`item_hints` computed for the batch (None when not given)."""
+        ``hints`` are what :meth:`item_hints` computed for the batch (None when not given); ``inputs``
+        are the model's forward arguments (the processor's outputs: pixel values, image grids, ...)."""
         raise NotImplementedError
 
     def expand_prior(self, prior: torch.Tensor, layout) -> torch.Tensor:

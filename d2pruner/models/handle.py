@@ -177,7 +177,7 @@ class PruningHandle:
         # transformers embeds it as text then, and so do we.
         decoding = (cache is not None and cache.get_seq_length() > 0 and kwargs.get("pixel_values") is None
                     and not kwargs.get("mm_encoder_outputs"))
-        items = (self.family.items(self.model, input_ids, self.hints)
+        items = (self.family.items(self.model, input_ids, self.hints, kwargs)
                  if input_ids is not None and not decoding else None)
         has_images = items is not None and any(it is not None for it in items)
         if input_ids is None and kwargs.get("pixel_values") is not None:

@@ -175,7 +175,7 @@ class InternVLFamily(ModelFamily):
     def prior_block(self, model) -> int:
         return tile_side(model) ** 2
 
-    def items(self, model, input_ids, hints) -> list:
+    def items(self, model, input_ids, hints, inputs=None) -> list:
         return find_items(input_ids, int(model.config.image_token_id), tile_side(model), hints)
 
     def item_hints(self, processor, images, max_tiles: int) -> list:

@@ -102,7 +102,7 @@ class LlavaFamily(ModelFamily):
     def prior_block(self, model) -> int:
         return grid_side(model) ** 2
 
-    def items(self, model, input_ids, hints) -> list:
+    def items(self, model, input_ids, hints, inputs=None) -> list:
         return find_items(input_ids, int(model.config.image_token_id), grid_side(model))
 
     def prepare_method(self, method, model):

@@ -216,8 +216,8 @@ def measure(model, processor, family, images: Iterable[tuple[str, Callable[[], A
 
     hints: list = [None]
 
-    def find(ids):
-        return family.items(model, ids, hints[0])
+    def find(ids, inputs=None):
+        return family.items(model, ids, hints[0], inputs)
 
     def make_inputs(load):
         def build():
