@@ -325,7 +325,7 @@ def _make_class():
 
                 width = int(self.model.config.vision_config.hidden_size)
                 return get_method(self.method, text_tower=tiny.tiny_clip_text_tower(vision_width=width))
-            return method
+            return self.method  # by name: D2Pruner then gets the run's config (localization or default)
 
         def _eos_ids(self) -> list[int] | None:
             """End-of-answer ids beyond the checkpoint's own (the family's: InternVL-2.5's ``<|im_end|>``)."""

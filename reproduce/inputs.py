@@ -48,10 +48,12 @@ def check_inputs(spec: dict, rows: list, columns: list, model_id: str, revision:
                             "datasets cache: run once with network access (`python -m reproduce "
                             f"{spec['table']} --columns '{bench.name}' --limit 1` with HF_TOKEN set and without "
                             "HF_HUB_OFFLINE) or copy the cache (HF_HOME) here")
-    # FAMILY: LLaVA's CDPruner rows read CLIP's text tower, a checkpoint of its own
-    if spec["model"]["family"] == "llava" and any(r.key == "cdpruner" for r in rows):
-        from d2pruner.models.clip_text import CLIP_FOR_LLAVA
+    # a text tower the family supplies (LLaVA: CLIP's) is a checkpoint of its own
+    from d2pruner.methods.base import Need, get_method
+    from d2pruner.models.family import get_family
 
+    CLIP_FOR_LLAVA = get_family(spec["model"]["family"]).text_tower_checkpoint
+    if CLIP_FOR_LLAVA and any(r.key and Need.TEXT_TOWER in get_method(r.key).needs for r in rows):
         if not checkpoint_cached(CLIP_FOR_LLAVA, None):
             problems.append(f"CLIP text tower {CLIP_FOR_LLAVA!r} (needed by the CDPruner rows) is not in the local "
                             f"Hugging Face cache: on a machine with network run `huggingface-cli download "
@@ -74,30 +76,14 @@ def smoke_images() -> list:
 
 
 def smoke_prior(model, processor, family: str, out: pathlib.Path, max_tiles: int) -> pathlib.Path:
-    """A prior measured on the tiny model over three package sample images (the real command's code path)."""
-    from d2pruner.models import internvl, llava
-    from d2pruner.models.loading import build_inputs
-    from d2pruner.models.prior import DEFAULT_PROMPT, compute
-
-    grids: list = [None]
-    # FAMILY: where the visual tokens are, and InternVL's tile grid per image
-    if family == "llava":
-        side = llava.grid_side(model)
-        find = lambda ids: llava.find_items(ids, int(model.config.image_token_id), side)  # noqa: E731
-    else:
-        side = internvl.tile_side(model)
-        find = lambda ids: internvl.find_items(ids, int(model.config.image_token_id), side, grids)  # noqa: E731
-
-    def make(image):
-        def build():
-            if family == "internvl":  # FAMILY: InternVL's tiles
-                grids[0] = internvl.tile_grid((image.height, image.width), max_tiles, tile_pixels=internvl.tile_pixels(processor))
-            return build_inputs(processor, family, image, DEFAULT_PROMPT, max_tiles, model.device)
-        return build
+    """A prior measured on the tiny model over three package sample images (the real command's code path,
+    :func:`d2pruner.models.prior.measure`)."""
+    from d2pruner.models.family import get_family
+    from d2pruner.models.prior import DEFAULT_PROMPT, measure
 
     images = smoke_images()[:3]
     meta = {"model_id": f"tiny_{family}", "model_class": type(model).__name__, "prune_layer": 2, "prompt": DEFAULT_PROMPT,
             "per": "smoke: package sample images"}
-    compute(model, [(f"sample{i}", make(im)) for i, im in enumerate(images)], prune_layer=2, find_items=find,
-            block=side * side, meta=meta, out=out, progress=False)
+    measure(model, processor, get_family(family), [(f"sample{i}", lambda im=im: im) for i, im in enumerate(images)],
+            prompt=DEFAULT_PROMPT, prune_layer=2, max_tiles=max_tiles, meta=meta, out=out, progress=False)
     return out

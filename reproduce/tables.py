@@ -60,8 +60,10 @@ def flops_note(spec: dict) -> str:
 
     model_id = spec["model"]["id"]
     n = ROW_VISUAL_TOKENS.get(spec["model"]["family"])
-    # FAMILY: InternVL's visual token count depends on the image's tiles
-    tiles = " (6 tiles + thumbnail; a real image has 256 to 3328)" if spec["model"]["family"] == "internvl" else ""
+    from d2pruner.models.family import get_family
+
+    # a tiling family's visual token count depends on the image's tiles
+    tiles = " (6 tiles + thumbnail; a real image has 256 to 3328)" if get_family(spec["model"]["family"]).uses_max_tiles else ""
     return (f"Prefill TFLOPs: the full-size {model_id} with {ROW_TEXT_TOKENS} text tokens and {n} visual tokens "
             f"before pruning{tiles}, exact counting convention (reproduce.efficiency).")
 

@@ -51,6 +51,8 @@ class ModelFamily:
     checkpoint: ClassVar[str]
     flops_config: ClassVar[str]
     prior_per: ClassVar[str] = "grid position"
+    #: The checkpoint of the text tower the family supplies to methods that need one (None: none).
+    text_tower_checkpoint: ClassVar[str | None] = None
     #: Whether the processor cuts images into a bounded number of tiles (``max_tiles`` matters).
     uses_max_tiles: ClassVar[bool] = False
     refuses: ClassVar[Mapping[Need, str]] = {}
