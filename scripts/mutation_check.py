@@ -130,6 +130,12 @@ MUTANTS = {
         "d2pruner/models/handle.py", 'and not kwargs.get("mm_encoder_outputs"))', "and True)"),
     "models: rater rows ignore the attention mask": (
         "d2pruner/models/attention.py", "scores = _apply_mask(scores, attention_mask[:, :, queries, :])", "scores = scores"),
+    "compat: the hooks never find the KV cache": (
+        "d2pruner/compat.py", "    return cache\n", "    return None\n"),
+    "compat: the cache argument ignores the installed version": (
+        "d2pruner/compat.py", 'return "cache" if version >= _CACHE_RENAMED else "past_key_values"', 'return "cache"'),
+    "compat: no floor": (
+        "d2pruner/compat.py", "    if version < FLOOR:", "    if False:"),
 }
 
 
@@ -145,6 +151,7 @@ def run_mutant(name: str, path: str, old: str, new: str) -> tuple[bool, str]:
         env = {**os.environ, "HYPOTHESIS_PROFILE": "dev", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(dst)}
         # The tests most likely to notice first (seconds), then, if they all pass, the whole suite.
         quick = (QUICK_MODELS if path.startswith("d2pruner/models/") else
+                 ["tests/test_compat.py"] + QUICK_MODELS if path == "d2pruner/compat.py" else
                  QUICK_CORE + QUICK_MODELS if path.startswith("d2pruner/methods/") else
                  QUICK_REPRODUCE if path.startswith("reproduce/") else QUICK_CORE)
         for targets in (quick, []):

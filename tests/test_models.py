@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from d2pruner import D2PrunerConfig
+from d2pruner.compat import CACHE_ARGUMENT
 from d2pruner.models import internvl, llava, tiny
 from d2pruner.models.prior import attention_rows
 from model_inputs import FAMILIES, dropped_positions, left_padded_batch, masked_reference_hooks
@@ -307,8 +308,8 @@ def test_an_image_after_a_non_empty_cache_is_refused_not_left_unpruned(family):
     prefix = batch["input_ids"][:, :2]
     cache = DynamicCache(config=model.config.get_text_config())
     with torch.no_grad():
-        model(input_ids=prefix, past_key_values=cache, use_cache=True)
+        model(input_ids=prefix, use_cache=True, **{CACHE_ARGUMENT: cache})
         with attach(family, model, 40, items.grids, method="fastv") as handle, \
                 pytest.raises(ValueError, match="image tokens after a non-empty KV cache are not supported"):
-            model.generate(**batch, past_key_values=cache, max_new_tokens=2, do_sample=False)
+            model.generate(**batch, max_new_tokens=2, do_sample=False, **{CACHE_ARGUMENT: cache})
     assert handle.stats == []

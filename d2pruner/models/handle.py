@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from d2pruner import compat
 from d2pruner.methods.base import MergedSelection, ItemInputs, Method, Need, get_method
 from d2pruner.models import cutting
 from d2pruner.models.attention import last_token_attention
@@ -165,7 +166,7 @@ class PruningHandle:
     # -- the model-level hook: which kind of forward is this? ------------------------------------------
     def _on_model(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        cache = kwargs.get("past_key_values")
+        cache = compat.get_cache(kwargs)
         if cache is not None and getattr(cache, "is_compileable", False):
             raise ValueError(f"{type(cache).__name__} (a static/compileable cache) cannot hold pruned sequences; "
                              "use the default dynamic cache (do not pass cache_implementation='static')")
@@ -295,7 +296,7 @@ class PruningHandle:
             pos_ids = kwargs.get("position_ids")
             pos_ids = (torch.arange(n_cur, device=device)[None] if pos_ids is None else pos_ids).expand(b, n_cur)
             self._orig = {"cos": cos, "sin": sin, "pos_ids": pos_ids, "mask": kwargs.get("attention_mask"), "len": n_cur,
-                          "cache": kwargs.get("past_key_values")}
+                          "cache": compat.get_cache(kwargs)}
             self.stage_state, self.stage_stats, self._ms = [], [], 0.0
             cur_index = torch.arange(n_cur, device=device).expand(b, n_cur)  # (B, L_cur) original positions
             cur_valid = torch.ones(b, n_cur, dtype=torch.bool, device=device)
@@ -408,12 +409,14 @@ def attach(model, budget: Any, *, family=None, config: D2PrunerConfig | None = N
 
     family = family_for_model(model) if family is None else get_family(family) if isinstance(family, str) else family
     family.check_model(model)
+    inner = family.inner(model)
+    compat.check_transformers(inner, inner.language_model.layers[0])
     method = resolve_method(method, config, backend)
     why = family.refusal(method)
     if why is not None:
         raise ValueError(why)
     method = family.prepare_method(method, model)
-    n_layers = len(family.inner(model).language_model.layers)
+    n_layers = len(inner.language_model.layers)
     layer = method.cut_layers(n_layers, prune_layer)[0]
     prior_values = prior_tensor(prior, family.prior_block(model), model, layer) if Need.PRIOR in method.needs else None
     handle_class = getattr(family, "handle_class", PruningHandle)
