@@ -19,6 +19,29 @@ def _as_tensor(x: Any, device: torch.device | str | None) -> torch.Tensor:
     return t.to(device) if device is not None else t
 
 
+#: Feature dtypes whose every value float32 holds exactly; any other dtype is read in float64.
+_FLOAT32_EXACT = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _is_batch(attn: Any) -> bool:
+    """The single-item / batch decision: a list or tuple of array-likes (arrays, tensors, sequences) is a
+    batch; a list or tuple of numbers is one item's attention; anything else is one item.
+
+    >>> _is_batch([0.1, 0.5]), _is_batch([[0.1, 0.5]]), _is_batch(np.ones(3)), _is_batch((np.ones(3),))
+    (False, True, False, True)
+    """
+    if not isinstance(attn, (list, tuple)):
+        return False
+    is_seq = [np.ndim(a) > 0 or isinstance(a, (list, tuple)) for a in attn]
+    if all(is_seq):
+        return True
+    if not any(is_seq):
+        return False
+    k = is_seq.index(not is_seq[0])
+    raise ValueError(f"attn mixes numbers and sequences (entry {k} is a {type(attn[k]).__name__}): pass one item's "
+                     "attention as a flat sequence of numbers, or a batch as a list of one sequence per item")
+
+
 def select_tokens(attn: Any, features: Any, layout: TokenLayout | Sequence[TokenLayout], budget: int | float | Sequence[int | float],
                   *, prior: Any = None, config: D2PrunerConfig | None = None, backend: str = "fast",
                   device: torch.device | str | None = None) -> Selection | list[Selection]:
@@ -34,7 +57,8 @@ def select_tokens(attn: Any, features: Any, layout: TokenLayout | Sequence[Token
     budget : int, float or a list of them
         Token count, or a ratio in (0, 1] (see :func:`d2pruner.spec.resolve_budget`).
     prior : array-like (N,), a list of them, or None
-        Positional-bias prior; ``None`` runs un-debiased.
+        Positional-bias prior; ``None`` runs un-debiased. In a list, an item whose entry is ``None``
+        runs un-debiased, the others debiased (on both backends).
     config : D2PrunerConfig, optional
     backend : {"fast", "reference"}
         ``"fast"`` batches all items in one call of :func:`d2pruner.fast.select_tokens`;
@@ -44,7 +68,19 @@ def select_tokens(attn: Any, features: Any, layout: TokenLayout | Sequence[Token
 
     Returns
     -------
-    Selection, or a list of Selection for a list input.
+    Selection, or a list of Selection for a batch.
+
+    Notes
+    -----
+    **One item or a batch.** A batch is a list or tuple whose entries are array-likes (arrays,
+    tensors, lists): ``[attn_0, attn_1]``. A numpy array, a tensor, or a list of numbers is one item.
+    A list mixing numbers and sequences is refused.
+
+    Every item gives the same selection in a batch as alone, whatever the dtypes of the items: the
+    fast backend packs ``attn`` and ``prior`` in float64 and features in float32 when every item's
+    dtype is float16, bfloat16 or float32 (exact), else in float64; it runs items of similar size
+    together (:func:`d2pruner.fast.ragged.size_groups`) and items with and without a prior apart,
+    so a batch costs about what its items cost alone.
 
     Examples
     --------
@@ -59,7 +95,7 @@ def select_tokens(attn: Any, features: Any, layout: TokenLayout | Sequence[Token
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    single = not isinstance(attn, (list, tuple))
+    single = not _is_batch(attn)
     attns = [attn] if single else list(attn)
     b = len(attns)
     if b == 0:
@@ -98,13 +134,23 @@ def select_tokens(attn: Any, features: Any, layout: TokenLayout | Sequence[Token
             validate_item(a, p, f, lay, k, item=i)  # so that errors name the item in the batch
             out.append(reference.select_tokens(a, p, f, lay, k, config))
     else:
-        from d2pruner.fast import pack, select_tokens as fast_select
+        from d2pruner.fast import pack
+        from d2pruner.fast.ragged import size_groups
+        from d2pruner.fast.select import select_padded
 
-        a, valid = pack([_as_tensor(x, device) for x in attns])
-        f, _ = pack([_as_tensor(x, device) for x in featss])
-        lay, _ = pack([torch.as_tensor(x.as_array(), device=a.device) for x in layouts])
-        if any(p is None for p in priors) and not all(p is None for p in priors):
-            raise ValueError("prior must be given for every item or for none")
-        p = None if priors[0] is None else pack([_as_tensor(x, device) for x in priors], pad_value=1)[0]
-        out = fast_select(a, p, f, lay, n_keep, config, valid).to_list()
+        out = [None] * b
+        sizes = [int(np.shape(a)[0]) for a in attns]
+        for with_prior in (True, False):  # items with and without a prior run apart: prior=None is per item
+            ids = [i for i in range(b) if (priors[i] is not None) == with_prior]
+            for group in size_groups([sizes[i] for i in ids]):
+                items = [ids[g] for g in group]
+                feats = [_as_tensor(featss[i], device) for i in items]
+                fdtype = torch.float32 if all(f.dtype in _FLOAT32_EXACT for f in feats) else torch.float64
+                a, valid = pack([_as_tensor(attns[i], device).to(torch.float64) for i in items])
+                f, _ = pack([x.to(fdtype) for x in feats])
+                lay, _ = pack([torch.as_tensor(layouts[i].as_array(), device=a.device) for i in items])
+                p = pack([_as_tensor(priors[i], device).to(torch.float64) for i in items], pad_value=1)[0] if with_prior else None
+                got = select_padded(a, p, f, lay, [n_keep[i] for i in items], config, valid, item_ids=items).to_list()
+                for i, sel in zip(items, got):
+                    out[i] = sel
     return out[0] if single else out

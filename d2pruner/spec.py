@@ -9,7 +9,9 @@ module states it as code:
 * :class:`TokenLayout` -- the ``(view, row, col)`` position of every visual token.
 * :func:`resolve_budget` and :func:`pivot_count` -- the two roundings of the method.
 * :func:`rank_order` -- the total order "most important first" (score descending, index ascending).
-* :func:`spatially_adjacent` and :func:`is_edge` -- the hybrid-graph edge rule.
+* :func:`spatially_adjacent` and :func:`is_edge` -- the hybrid-graph edge rule; :func:`decide_edges`
+  decides it exactly (:func:`cosine_thresholds`, :func:`cosine_error_bound`, :func:`cosine_exceeds`),
+  the one decision both backends take for every pair.
 * :func:`validate_item` -- the input checks, with errors that name the offending value.
 * :class:`Role` and :class:`Selection` -- the output type.
 
@@ -34,8 +36,13 @@ __all__ = [
     "Selection",
     "TokenLayout",
     "check_shapes",
+    "cosine_error_bound",
+    "cosine_exceeds",
+    "cosine_thresholds",
+    "decide_edges",
     "exact_ratio",
     "is_edge",
+    "power_of_two_scale",
     "pivot_count",
     "rank_order",
     "resolve_budget",
@@ -45,7 +52,12 @@ __all__ = [
 
 #: Feature norms are clamped at this value before the cosine similarity is taken, so an all-zero
 #: feature vector has cosine 0 with every token (choice; the same clamp as ``torch.nn.functional.normalize``).
+#: Rows are first scaled by a power of two that brings their largest entry into [0.5, 1)
+#: (:func:`power_of_two_scale`), so the clamp never touches a non-zero row and no norm overflows.
 NORM_EPS = 1e-12
+
+#: Unit roundoff of float64 (2**-53), for :func:`cosine_error_bound`.
+FLOAT64_ROUNDOFF = 2.0 ** -53
 
 
 def _field(default: Any, source: str, doc: str) -> Any:
@@ -400,6 +412,125 @@ def is_edge(cosine: Any, adjacent: Any, config: D2PrunerConfig) -> Any:
     else:
         adjacent = adjacent * 1.0
     return (1.0 - w) * cosine + w * adjacent > float(config.sim_threshold)
+
+
+def cosine_thresholds(config: D2PrunerConfig) -> tuple[Any, Any]:
+    """The edge rule as a bound on the cosine: ``(t_apart, t_adjacent)`` such that i and j are joined
+    iff ``cos(f_i, f_j) > t`` (the first for pairs that are not spatially adjacent, the second for
+    adjacent ones).
+
+    The rule ``(1 - w) * cos + w * adjacent > theta`` is taken in exact arithmetic on the binary values
+    of w and theta (choice), so ``t = (theta - w * adjacent) / (1 - w)`` is an exact ``Fraction``; with
+    w = 1 the cosine drops out and ``t`` is ``-inf`` (always joined) or ``inf`` (never).
+
+    Examples
+    --------
+    >>> cosine_thresholds(D2PrunerConfig(sim_threshold=0.5))
+    (Fraction(1, 2), Fraction(1, 2))
+    >>> [float(t) for t in cosine_thresholds(D2PrunerConfig.for_localization())]  # 0.8 / 0.5, 0.3 / 0.5
+    [1.6, 0.6000000000000001]
+    >>> cosine_thresholds(D2PrunerConfig(spatial_weight=1.0, sim_threshold=0.5))
+    (inf, -inf)
+    """
+    w, theta = Fraction(config.spatial_weight), Fraction(config.sim_threshold)
+    if w == 1:
+        return tuple(-math.inf if a > theta else math.inf for a in (0, 1))
+    return tuple((theta - w * a) / (1 - w) for a in (0, 1))
+
+
+def cosine_error_bound(d: int, unit_roundoff: float) -> float:
+    """A bound on ``|computed cos - exact cos|`` when rows of width ``d`` are scaled by
+    :func:`power_of_two_scale`, normalised in float64 and multiplied in an arithmetic of the given unit
+    roundoff (2**-53 for float64, 2**-24 for float32): twice the classical dot-product bound
+    ``(d + 8) * u`` (the ``+ 8`` covers the normalisation and the float32 cast of unit rows).
+
+    Examples
+    --------
+    >>> cosine_error_bound(3, FLOAT64_ROUNDOFF) < 1e-14, round(cosine_error_bound(4096, 2.0 ** -24), 6)
+    (True, 0.000489)
+    """
+    return 2.0 * (int(d) + 8) * float(unit_roundoff) + 1e-30
+
+
+def power_of_two_scale(max_abs: Any) -> Any:
+    """The exponent ``e`` such that ``x * 2**-e`` has its largest entry in [0.5, 1) (0 for a zero row).
+
+    Works on numpy arrays and torch tensors of row maxima; scaling by a power of two is exact, and a
+    cosine does not change when a row is scaled, so norms can neither overflow nor underflow.
+
+    >>> power_of_two_scale(np.array([1e200, 3.0, 0.0])).tolist()
+    [665, 2, 0]
+    """
+    if isinstance(max_abs, np.ndarray):
+        return np.frexp(max_abs)[1]
+    import torch
+
+    return torch.frexp(max_abs).exponent
+
+
+def _integer_row(row: np.ndarray) -> list[int]:
+    """The row as integers times one power of two (exact): ``row == ints * 2**e`` for some e."""
+    mant, exp = np.frexp(np.asarray(row, dtype=np.float64))
+    ints = (mant * 2.0 ** 53).astype(np.int64)  # exact: 53-bit mantissas
+    nz = ints != 0
+    if not nz.any():
+        return [0] * len(ints)
+    base = int(exp[nz].min())
+    return [int(m) << (int(e) - base) if m else 0 for m, e in zip(ints.tolist(), exp.tolist())]
+
+
+def cosine_exceeds(f_i: Any, f_j: Any, t: Any) -> bool:
+    """Exactly whether ``cos(f_i, f_j) > t``, on the exact binary values of two feature rows.
+
+    A zero row has cosine 0. Decided in integer arithmetic without a square root:
+    ``cos > t  <=>  p > t * sqrt(a * b)`` with ``p = f_i . f_j``, ``a = |f_i|^2``, ``b = |f_j|^2``.
+
+    Examples
+    --------
+    >>> cosine_exceeds([1.0, 2.0], [2.0, 1.0], 0.8)  # cos = 4/5 exactly, below the float 0.8
+    False
+    >>> cosine_exceeds([1.0, 2.0], [2.0, 1.0], Fraction(4, 5)), cosine_exceeds([1.0, 2.0], [2.0, 1.0], Fraction(79, 100))
+    (False, True)
+    """
+    if isinstance(t, float) and math.isinf(t):
+        return t < 0
+    x, y = _integer_row(f_i), _integer_row(f_j)
+    a, b = sum(v * v for v in x), sum(v * v for v in y)
+    p = sum(u * v for u, v in zip(x, y)) if a and b else 0
+    t = Fraction(t)
+    lhs, rhs_sq = p * t.denominator, t.numerator * t.numerator * a * b  # cos > t  <=>  lhs > num * sqrt(a b)
+    if t.numerator >= 0:
+        return lhs > 0 and lhs * lhs > rhs_sq
+    return lhs >= 0 or lhs * lhs < rhs_sq
+
+
+def decide_edges(cosine: Any, adjacent: Any, config: D2PrunerConfig, bound: float) -> tuple[Any, Any]:
+    """The edge decision on computed cosines: ``(edge, unsure)``, numpy or torch, broadcasting.
+
+    ``edge`` is ``cosine > t`` (:func:`cosine_thresholds`, t by ``adjacent``; ``adjacent=None``: no pair
+    is adjacent); ``unsure`` marks the pairs whose computed cosine lies within ``bound``
+    (:func:`cosine_error_bound`) of t: there float arithmetic cannot decide, and the caller decides
+    each with :func:`cosine_exceeds` on the features. Every pair is decided once, for i < j, and the
+    graph mirrored: the rule is symmetric by construction.
+
+    Examples
+    --------
+    >>> edge, unsure = decide_edges(np.array([0.5, 0.8, 0.9]), None, D2PrunerConfig(), 1e-9)
+    >>> edge.tolist(), unsure.tolist()
+    ([False, False, True], [False, True, False])
+    """
+    t_apart, t_adj = (float(t) for t in cosine_thresholds(config))
+    if adjacent is None or t_apart == t_adj:
+        t = t_apart
+    elif isinstance(adjacent, np.ndarray) or not hasattr(adjacent, "dtype"):
+        t = np.where(adjacent, t_adj, t_apart)
+    else:
+        import torch
+
+        t = torch.where(adjacent, t_adj, t_apart).to(cosine.dtype)
+    edge = cosine > t
+    # |cos| <= 1 + bound, so only a t with |t| < 2 can be near; 3 * bound covers the ulp of float(t).
+    return edge, abs(cosine - t) <= 3.0 * bound
 
 
 def _finite_report(name: str, a: np.ndarray, item: int) -> None:

@@ -7,6 +7,12 @@ least :data:`MARGIN` away from the edge threshold: the threshold is moved into t
 the item's fused-similarity values when the requested one is too close. Every value is exactly
 representable in float32, so float32 and float64 backends see the same numbers.
 
+:func:`near_threshold_batches` does the opposite on purpose: it puts the threshold exactly on one
+pair's fused similarity (as float64 or float32 arithmetic computes it) or a few ulps beside it, with
+features exactly representable in a drawn dtype (float16, bfloat16, float32 or float64), so that
+the backends' exact edge rule (:func:`d2pruner.spec.decide_edges`) is exercised where float
+arithmetic alone would disagree.
+
 Examples
 --------
 >>> from hypothesis import given, settings
@@ -28,8 +34,8 @@ from hypothesis import strategies as st
 from d2pruner.reference.graph import cosine_similarity
 from d2pruner.spec import D2PrunerConfig, TokenLayout, spatially_adjacent
 
-__all__ = ["MARGIN", "SelectionCase", "batches", "configs", "fused_similarity", "layouts", "safe_threshold",
-           "selection_cases"]
+__all__ = ["FEATURE_DTYPES", "MARGIN", "SelectionCase", "batches", "configs", "fused_similarity", "layouts",
+           "near_threshold_batches", "safe_threshold", "selection_cases"]
 
 #: Minimum distance between any fused similarity and the edge threshold in generated cases.
 MARGIN = 1e-4
@@ -175,3 +181,80 @@ def batches(draw, min_items: int = 1, max_items: int = 4, max_tokens: int = 48) 
 def selection_cases(max_tokens: int = 48) -> st.SearchStrategy[SelectionCase]:
     """One item (a batch of one)."""
     return batches(1, 1, max_tokens).map(lambda b: b[0])
+
+
+#: The feature dtypes :func:`near_threshold_batches` draws, by torch name.
+FEATURE_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _float32_fused(features: np.ndarray, layout: TokenLayout, w: float, radius: int) -> np.ndarray:
+    """The fused similarities as a float32 Gram matrix scaled by row then column norms computes them."""
+    x = features.astype(np.float32)
+    inv = (1.0 / np.maximum(np.linalg.norm(x, axis=1), np.float32(1e-12))).astype(np.float32)
+    cos = (x @ x.T) * inv[:, None] * inv[None, :]
+    v, r, c = layout.view, layout.row, layout.col
+    adj = spatially_adjacent(v[:, None], r[:, None], c[:, None], v[None], r[None], c[None], radius)
+    fused = np.float32(1.0 - w) * cos + np.float32(w) * adj.astype(np.float32)
+    return np.concatenate([fused[np.triu_indices(len(layout), k=1)], fused[np.tril_indices(len(layout), k=-1)]])
+
+
+@st.composite
+def _exact_features(draw, n: int, d: int, dtype: str) -> np.ndarray:
+    """(n, d) float64 features whose values are exact in ``dtype``: duplicated small-integer rows (cosines
+    such as exactly 4/5) or free values of that precision."""
+    kind = draw(st.sampled_from(["palette", "free"]))
+    if kind == "palette":
+        palette = draw(st.lists(st.lists(st.integers(-3, 3), min_size=d, max_size=d), min_size=1, max_size=6))
+        return np.array([draw(st.sampled_from(palette)) for _ in range(n)], dtype=np.float64)
+    if dtype in ("float16", "bfloat16"):  # k / 8 with |k| <= 64: 7 significant bits, exact in both
+        flat = draw(st.lists(st.integers(-64, 64), min_size=n * d, max_size=n * d))
+        return np.array(flat, dtype=np.float64).reshape(n, d) / 8.0
+    width = 32 if dtype == "float32" else 64
+    flat = draw(st.lists(st.floats(-4.0, 4.0, width=width), min_size=n * d, max_size=n * d))
+    return np.array(flat, dtype=np.float64).reshape(n, d)
+
+
+@st.composite
+def near_threshold_batches(draw, min_items: int = 1, max_items: int = 3, max_tokens: int = 24):
+    """``(cases, dtype)``: a batch whose threshold sits on, or up to 2 ulps (float64 or float32) beside,
+    the fused similarity of one of its pairs, and the feature dtype (one of :data:`FEATURE_DTYPES`) in
+    which every feature value is exact.
+
+    Examples
+    --------
+    >>> from hypothesis import given, settings
+    >>> @settings(max_examples=5, database=None)
+    ... @given(near_threshold_batches())
+    ... def check(drawn):
+    ...     cases, dtype = drawn
+    ...     assert dtype in FEATURE_DTYPES and len({c.config for c in cases}) == 1
+    >>> check()
+    """
+    config = draw(configs())
+    dtype = draw(st.sampled_from(FEATURE_DTYPES))
+    d = draw(st.integers(1, 4))
+    prior_kind = draw(st.sampled_from(["none", "uniform", "varied"]))
+    raw = []
+    for _ in range(draw(st.integers(min_items, max_items))):
+        layout = draw(layouts(max_tokens))
+        n = len(layout)
+        attn, prior, _ = draw(_item(n, 1, prior_kind))
+        features = draw(_exact_features(n, d, dtype))
+        n_keep = draw(st.integers(1, n) | st.sampled_from([1, n]))
+        raw.append((attn, prior, features, layout, n_keep))
+    w, rho = config.spatial_weight, config.spatial_radius
+    values = np.concatenate([np.concatenate([fused_similarity(f, lay, w, rho), _float32_fused(f, lay, w, rho)])
+                             for _, _, f, lay, _ in raw] + [np.zeros(0)])
+    if values.size:
+        theta = float(draw(st.sampled_from(sorted(set(values.tolist())))))
+        steps = draw(st.integers(-2, 2))
+        if draw(st.booleans()):  # float32 ulps
+            t32 = np.float32(theta)
+            for _ in range(abs(steps)):
+                t32 = np.nextafter(t32, np.float32(np.sign(steps) * np.inf))
+            theta = float(t32)
+        else:
+            for _ in range(abs(steps)):
+                theta = float(np.nextafter(theta, np.sign(steps) * np.inf))
+        config = dataclasses.replace(config, sim_threshold=theta)
+    return [SelectionCase(a, p, f, lay, k, config) for a, p, f, lay, k in raw], dtype

@@ -99,9 +99,23 @@ def test_layout_rejects():
         select_tokens(GOOD["attn"], GOOD["features"], GOOD["layout"], 2, backend="gpu")
 
 
-def test_float32_norm_overflow_is_named():
-    feats = torch.full((1, 2, 3), 1e30)  # finite in float32, but |x|^2 overflows
-    lay = torch.tensor(TokenLayout.grid(1, 2).as_array())[None]
-    with pytest.raises(ValueError, match=re.escape("features of item 0 are finite but their norm overflows torch.float32")):
-        fast_select(torch.rand(1, 2), None, feats, lay, [1])
-    assert len(fast_select(torch.rand(1, 2), None, feats.double(), lay, [1]).to_list()[0]) == 1
+def test_features_whose_norm_overflows_are_not_refused():
+    """Rows are scaled by a power of two before their norms (the spec's rule), so a finite feature
+    vector is never refused and gives the selection of the same vector scaled down."""
+    feats = torch.tensor([[[1e30, 1e30, 0.0], [1e30, 1e30, 1e30], [0.0, 0.0, 1e30]]])  # |x|^2 overflows float32
+    lay = torch.tensor(TokenLayout.grid(1, 3).as_array())[None]
+    attn = torch.tensor([[0.3, 0.2, 0.1]])
+    want = fast_select(attn, None, feats / 1e30, lay, [2], D2PrunerConfig(pivot_ratio=0.0)).to_list()[0]
+    assert want.kept.tolist() == [0, 2]  # cos(0, 1) = 0.816 > 0.8: token 1 is blocked
+    for f in (feats, feats.double()):
+        assert fast_select(attn, None, f, lay, [2], D2PrunerConfig(pivot_ratio=0.0)).to_list()[0] == want
+
+
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+def test_error_names_the_item_whatever_its_group(backend):
+    """Items run in groups of similar size; an error still names the item's place in the caller's list."""
+    small, big = GOOD["attn"], np.linspace(1.0, 0.1, 16)
+    bad_small = np.array([0.4, 0.3, -0.5, 0.1])
+    with pytest.raises(ValueError, match=re.escape("attn of item 2 is negative (-0.5) at index 2")):
+        select_tokens([small, big, bad_small], [np.eye(N), np.ones((16, 2)), np.eye(N)],
+                      [GOOD["layout"], TokenLayout.grid(4, 4), GOOD["layout"]], 2, backend=backend)

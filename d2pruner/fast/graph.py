@@ -1,20 +1,70 @@
-"""Step 4, batched: the hybrid graph as a dense ``(B, N, N)`` bool adjacency.
+"""Step 4, batched: the hybrid graph as a dense ``(B, N, N)`` bool adjacency, built in row blocks.
 
-Similarities are computed in float32, or float64 if the features are float64; the edge rule is
-:func:`d2pruner.spec.is_edge`, the same function the reference calls.
+Shape legend: B items, N padded tokens, C rows of one block, D feature width, P pairs.
+
+The edge rule is decided exactly, as the reference decides it (:func:`d2pruner.spec.decide_edges`):
+
+1. every row is scaled by a power of two and normalised in float64, then cast to float32 unit rows;
+2. similarities of one block of rows against the rows after it come from one float32 matmul
+   (only the upper triangle: each unordered pair once, mirrored, so the graph is symmetric by
+   construction and the matmul does half the work of ``X @ X^T``);
+3. pairs within the float32 error bound of the threshold are recomputed in float64;
+4. pairs still within the float64 bound are decided exactly (:func:`d2pruner.spec.cosine_exceeds`).
+
+Memory beyond the graph is one float32 copy of the unit rows and one block of ``BLOCK_ELEMENTS``
+similarities, whatever N: there is no ``(B, N, N)`` float matrix.
 """
 
 from __future__ import annotations
 
 import torch
 
-from d2pruner.spec import NORM_EPS, D2PrunerConfig, is_edge, spatially_adjacent
+from d2pruner.spec import (FLOAT64_ROUNDOFF, NORM_EPS, D2PrunerConfig, cosine_error_bound, cosine_exceeds,
+                           cosine_thresholds, decide_edges, power_of_two_scale, spatially_adjacent)
 
-__all__ = ["cosine_similarity", "hybrid_graph"]
+__all__ = ["BLOCK_ELEMENTS", "cosine_similarity", "hybrid_graph"]
+
+#: Similarities computed per block (B * C * N); bounds the graph builder's working memory (64 MiB in float32).
+BLOCK_ELEMENTS = 1 << 24
+
+
+def _matmul_roundoff() -> float:
+    """Unit roundoff of a float32 matmul under torch's precision setting (TF32 / bfloat16 when allowed)."""
+    return {"highest": 2.0 ** -24, "high": 2.0 ** -11}.get(torch.get_float32_matmul_precision(), 2.0 ** -8)
+
+
+def _unit_rows(features: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(unit, exponent, norm)``: float32 unit rows (B, N, D); the power-of-two exponent (B, N) and the
+    float64 norm (B, N) of each scaled row. Converted to float64 a block of rows at a time."""
+    b, n, d = features.shape
+    unit = torch.empty(b, n, d, dtype=torch.float32, device=features.device)  # (B, N, D)
+    exponent = torch.zeros(b, n, dtype=torch.int32, device=features.device)  # (B, N)
+    norm = torch.zeros(b, n, dtype=torch.float64, device=features.device)  # (B, N)
+    rows = max(1, BLOCK_ELEMENTS // max(1, b * d))
+    for lo in range(0, n, rows):
+        x = _scaled(features[:, lo:lo + rows], None)  # (B, C, D) float64
+        if valid is not None:
+            x = x * valid[:, lo:lo + rows, None]
+        e = power_of_two_scale(x.abs().amax(dim=-1))  # (B, C)
+        x = _scaled(x, e)
+        nrm = torch.linalg.vector_norm(x, dim=-1)  # (B, C)
+        unit[:, lo:lo + rows] = (x / nrm.clamp(min=NORM_EPS)[..., None]).to(torch.float32)
+        exponent[:, lo:lo + rows], norm[:, lo:lo + rows] = e, nrm
+    return unit, exponent, norm
+
+
+def _scaled(x: torch.Tensor, e: torch.Tensor | None) -> torch.Tensor:
+    """``x * 2**-e`` in float64, exactly (two factors, so neither 2**-e half overflows)."""
+    x = x.to(torch.float64)
+    if e is None:
+        return x
+    half = torch.div(e, 2, rounding_mode="floor")[..., None].to(torch.float64)  # (..., 1)
+    return x * torch.exp2(-half) * torch.exp2(-(e[..., None].to(torch.float64) - half))
 
 
 def cosine_similarity(features: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Pairwise cosine similarity per item, norms clamped at :data:`d2pruner.spec.NORM_EPS`.
+    """Pairwise cosine similarity per item, norms clamped at :data:`d2pruner.spec.NORM_EPS` (float32,
+    rows scaled by a power of two and normalised in float64 first, so no norm overflows).
 
     Parameters
     ----------
@@ -23,30 +73,46 @@ def cosine_similarity(features: torch.Tensor, valid: torch.Tensor | None = None)
 
     Returns
     -------
-    Tensor, shape (B, N, N), float32 (float64 for float64 input)
+    Tensor, shape (B, N, N), float32; symmetric.
 
     Examples
     --------
-    >>> cosine_similarity(torch.tensor([[[1.0, 0.0], [1.0, 1.0]]], dtype=torch.float64)).round(decimals=4).tolist()
+    >>> cosine_similarity(torch.tensor([[[1.0, 0.0], [1.0, 1.0]]], dtype=torch.float64)).double().round(decimals=4).tolist()
     [[[1.0, 0.7071], [0.7071, 1.0]]]
     """
-    dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
-    x = features.to(dtype)  # (B, N, D); no copy for float32 input
-    if valid is not None:
-        x = x * valid[..., None]  # (B, N, D): padding rows become 0
-    inv = 1.0 / torch.linalg.vector_norm(x, dim=-1).clamp(min=NORM_EPS)  # (B, N)
-    # Gram matrix first, then scale by 1 / (|x_i| |x_j|): one pass over N^2 instead of one over N x D.
-    gram = torch.bmm(x, x.transpose(1, 2))  # (B, N, N)
-    return gram.mul_(inv[:, :, None]).mul_(inv[:, None, :])  # (B, N, N), in place
+    unit, _, _ = _unit_rows(features, valid)  # (B, N, D)
+    gram = torch.bmm(unit, unit.transpose(1, 2))  # (B, N, N)
+    return torch.triu(gram) + torch.triu(gram, diagonal=1).transpose(1, 2)  # the upper triangle, mirrored
+
+
+def _settle(features, exponent, norm, bi, ii, jj, adjacent, config, bound64) -> torch.Tensor:
+    """Edges of the P listed pairs ``(bi, ii, jj)``: float64 cosines, then the exact rule where those are
+    within ``bound64`` of the threshold (on the host, pair by pair: rare)."""
+    d = features.shape[-1]
+    chunk = max(1, BLOCK_ELEMENTS // (4 * d))
+    out = torch.empty(bi.shape[0], dtype=torch.bool, device=features.device)  # (P,)
+    thresholds = cosine_thresholds(config)
+    for lo in range(0, bi.shape[0], chunk):
+        b, i, j = bi[lo:lo + chunk], ii[lo:lo + chunk], jj[lo:lo + chunk]  # (P',)
+        xi = _scaled(features[b, i], exponent[b, i])  # (P', D) float64
+        xj = _scaled(features[b, j], exponent[b, j])  # (P', D)
+        cos = (xi * xj).sum(dim=-1) / (norm[b, i].clamp(min=NORM_EPS) * norm[b, j].clamp(min=NORM_EPS))  # (P',)
+        adj = None if adjacent is None else adjacent[lo:lo + chunk]
+        edge, unsure = decide_edges(cos, adj, config, bound64)
+        for k in unsure.nonzero()[:, 0].tolist():  # host sync; pairs within ~1e-12 of the threshold
+            t = thresholds[0 if adj is None else int(adj[k])]
+            edge[k] = cosine_exceeds(features[b[k], i[k]].double().cpu().numpy(), features[b[k], j[k]].double().cpu().numpy(), t)
+        out[lo:lo + chunk] = edge
+    return out
 
 
 def hybrid_graph(features: torch.Tensor, layout: torch.Tensor, config: D2PrunerConfig = D2PrunerConfig(),
                  nodes: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Adjacency of the hybrid graph of every item.
+    """Adjacency of the hybrid graph of every item, decided exactly (as the reference decides it).
 
     Parameters
     ----------
-    features : Tensor, shape (B, N, D)
+    features : Tensor, shape (B, N, D), any float dtype
     layout : Tensor, shape (B, N, 3), int64 -- ``(view, row, col)`` per token
     config : D2PrunerConfig
     nodes : Tensor, shape (B, N), bool, optional -- graph nodes (default: all valid tokens)
@@ -56,6 +122,10 @@ def hybrid_graph(features: torch.Tensor, layout: torch.Tensor, config: D2PrunerC
     -------
     Tensor, shape (B, N, N), bool; symmetric, no self-loops, no edge touching a non-node.
 
+    Notes
+    -----
+    Syncs with the device once per block of rows (to find the pairs near the threshold).
+
     Examples
     --------
     >>> feats = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])
@@ -63,17 +133,35 @@ def hybrid_graph(features: torch.Tensor, layout: torch.Tensor, config: D2PrunerC
     >>> hybrid_graph(feats, lay).nonzero().tolist()
     [[0, 0, 1], [0, 1, 0]]
     """
-    sem = cosine_similarity(features)  # (B, N, N)
-    if config.spatial_weight == 0:
-        adjacent = 0.0  # w = 0: the spatial term is 0 * adjacent = 0 exactly, so skip building it
-    else:
-        v, r, c = layout.to(torch.int32).unbind(-1)  # each (B, N)
-        adjacent = spatially_adjacent(v[:, :, None], r[:, :, None], c[:, :, None],
-                                      v[:, None, :], r[:, None, :], c[:, None, :], config.spatial_radius)  # (B, N, N)
-    edges = is_edge(sem, adjacent, config)  # (B, N, N)
-    member = torch.ones_like(edges[:, :, 0]) if nodes is None else nodes.clone()  # (B, N)
+    b, n, d = features.shape
+    device = features.device
+    member = torch.ones(b, n, dtype=torch.bool, device=device) if nodes is None else nodes.clone()  # (B, N)
     if valid is not None:
         member &= valid
-    edges &= member[:, :, None] & member[:, None, :]
-    edges.diagonal(dim1=1, dim2=2).fill_(False)
-    return edges
+    unit, exponent, norm = _unit_rows(features, valid)  # (B, N, D) float32, (B, N), (B, N)
+    bound32 = cosine_error_bound(d, _matmul_roundoff())
+    bound64 = cosine_error_bound(d, FLOAT64_ROUNDOFF)
+    v, r, c = layout.to(torch.int32).unbind(-1)  # each (B, N)
+    graph = torch.zeros(b, n, n, dtype=torch.bool, device=device)  # (B, N, N)
+    rows = max(1, BLOCK_ELEMENTS // max(1, b * n))
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        cos = torch.bmm(unit[:, lo:hi], unit[:, lo:].transpose(1, 2))  # (B, C, N - lo): rows lo:hi against columns lo:
+        if config.spatial_weight == 0:
+            adjacent = None  # w = 0: the spatial term is 0 * adjacent = 0 exactly, so skip building it
+        else:
+            adjacent = spatially_adjacent(v[:, lo:hi, None], r[:, lo:hi, None], c[:, lo:hi, None],
+                                          v[:, None, lo:], r[:, None, lo:], c[:, None, lo:], config.spatial_radius)  # (B, C, N - lo)
+        edge, unsure = decide_edges(cos, adjacent, config, bound32)  # (B, C, N - lo) each
+        del cos
+        upper = torch.arange(lo, hi, device=device)[:, None] < torch.arange(lo, n, device=device)[None, :]  # (C, N - lo): j > i
+        keep = upper & member[:, lo:hi, None] & member[:, None, lo:]  # (B, C, N - lo)
+        edge &= keep
+        unsure &= keep
+        bi, ii, jj = unsure.nonzero(as_tuple=True)  # host sync; (P,) each, block coordinates
+        if bi.numel():
+            adj = None if adjacent is None else adjacent[bi, ii, jj]
+            edge[bi, ii, jj] = _settle(features, exponent, norm, bi, ii + lo, jj + lo, adj, config, bound64)
+        graph[:, lo:hi, lo:] = edge
+        graph[:, lo:, lo:hi] |= edge.transpose(1, 2)  # the mirror image: one decision per unordered pair
+    return graph

@@ -74,7 +74,8 @@ def greedy_mis(graph: torch.Tensor, order: torch.Tensor | None, n_take: torch.Te
     if selected is not None:
         candidate &= ~selected
         candidate &= ~_any_neighbour(graph, selected)  # next to an already-taken node
-    outranking = graph & (rank[:, None, :] < rank[:, :, None])  # (B, N, N): [v, u] = edge and u ranks before v
+    outranking = (rank[:, None, :] < rank[:, :, None])  # (B, N, N): [v, u] = u ranks before v
+    outranking &= graph  # in place: and an edge joins them (one (B, N, N) bool besides the graph)
     n_take = n_take.to(device)
     limit = torch.where(n_take < 0, torch.full_like(n_take, m), n_take)  # (B,)
 
@@ -100,6 +101,15 @@ def greedy_mis(graph: torch.Tensor, order: torch.Tensor | None, n_take: torch.Te
     return MISResult(taken[:, :n], rounds)
 
 
+#: Adjacency entries read per step of :func:`_any_neighbour` (bounds its temporary to 16 MiB of bools).
+ROW_ELEMENTS = 1 << 24
+
+
 def _any_neighbour(adj: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``(B, N)`` bool: whether each node has a neighbour in ``mask``, for a bool ``(B, N, N)`` adjacency."""
-    return (adj & mask[:, None, :]).any(dim=2)  # (B, N, N) -> (B, N); bool ops, no float copy of the graph
+    """``(B, N)`` bool: whether each node has a neighbour in ``mask``, for a bool ``(B, N, N)`` adjacency.
+
+    Reads the adjacency a block of rows at a time, so the temporary stays small whatever N."""
+    b, n, _ = adj.shape
+    rows = max(1, ROW_ELEMENTS // max(1, b * n))
+    return torch.cat([(adj[:, lo:lo + rows] & mask[:, None, :]).any(dim=2)  # (B, C, N) -> (B, C); bool ops
+                      for lo in range(0, n, rows)], dim=1) if n else mask.clone()

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["check_valid", "lengths", "pack", "unpack"]
+__all__ = ["check_valid", "lengths", "pack", "size_groups", "unpack"]
 
 
 def pack(items: Sequence[torch.Tensor], pad_value: float | int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,3 +61,35 @@ def check_valid(valid: torch.Tensor | None, batch: int, n: int, device: torch.de
     if bool(bad.any()):  # host sync
         raise ValueError(f"valid of item {int(bad.nonzero()[0])} is not a prefix mask (padding must sit at the end of a row)")
     return valid.to(device)
+
+
+def size_groups(sizes: Sequence[int], slack: float = 1.25) -> list[list[int]]:
+    """Items grouped for padding so that no group costs much more than its items alone.
+
+    A padded group of items holds ``len(group) * max_n**2`` graph entries where its items alone hold
+    ``sum(n**2)``. Items are taken largest first (ties by index) and a group grows while its padded
+    cost stays within ``slack`` times its items' own (plus 64 entries: tiny items may always share).
+    Each group lists item indices ascending.
+
+    Examples
+    --------
+    >>> size_groups([4, 4000, 4, 4])
+    [[1], [0, 2, 3]]
+    >>> size_groups([576, 576, 575])
+    [[0, 1, 2]]
+    """
+    order = sorted(range(len(sizes)), key=lambda i: (-int(sizes[i]), i))
+    groups: list[list[int]] = []
+    own = 0
+    for i in order:
+        n = int(sizes[i])
+        if groups:
+            g = groups[-1]
+            n_max = int(sizes[g[0]])
+            if (len(g) + 1) * n_max * n_max <= slack * (own + n * n) + 64:
+                g.append(i)
+                own += n * n
+                continue
+        groups.append([i])
+        own = n * n
+    return [sorted(g) for g in groups]

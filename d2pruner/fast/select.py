@@ -21,7 +21,7 @@ from d2pruner.fast.mis import greedy_mis
 from d2pruner.fast.ragged import check_valid
 from d2pruner.spec import D2PrunerConfig, Role, Selection, TokenLayout, pivot_count, rank_order, resolve_budget, validate_item
 
-__all__ = ["BatchSelection", "select_tokens", "validate_batch"]
+__all__ = ["BatchSelection", "select_padded", "select_tokens", "validate_batch"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,11 +45,12 @@ class BatchSelection:
         return [Selection(k[k >= 0], r[k >= 0]) for k, r in zip(kept, roles)]
 
 
-def validate_batch(attn, prior, features, layout, n_keep, valid) -> list[int]:
+def validate_batch(attn, prior, features, layout, n_keep, valid, item_ids: Sequence[int] | None = None) -> list[int]:
     """Check a padded batch; raise ``ValueError`` naming the value and the item. Returns the lengths.
 
     Value checks run on the device and sync once; the first failing item is then re-checked on the
-    host by :func:`d2pruner.spec.validate_item`, which writes the message.
+    host by :func:`d2pruner.spec.validate_item`, which writes the message. ``item_ids`` are the
+    items' numbers in the messages (default 0..B-1; the public API passes their place in its list).
     """
     if attn.ndim != 2:
         raise ValueError(f"attn must have shape (B, N), got {tuple(attn.shape)}")
@@ -66,23 +67,21 @@ def validate_batch(attn, prior, features, layout, n_keep, valid) -> list[int]:
     if prior is not None:
         p = prior.expand(b, n).to(attn.device)  # (B, N)
         bad |= ((~torch.isfinite(p) | (p <= 0)) & valid).any(dim=1)
-    # A non-finite feature makes its row's norm non-finite: one cheap reduction instead of isfinite over (B, N, D).
-    norm_dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
-    bad |= (~torch.isfinite(torch.linalg.vector_norm(features.to(norm_dtype), dim=2)) & valid).any(dim=1)
+    bad |= (~torch.isfinite(features).all(dim=2) & valid).any(dim=1)  # (B, N, D) bools: no float copy
     bad |= ((layout < 0).any(dim=2) & valid).any(dim=1)
     lengths = valid.sum(dim=1).tolist()  # host sync
     bad_items = bad.nonzero()[:, 0].tolist()  # host sync
+    ids = list(range(b)) if item_ids is None else list(item_ids)
     for i, k in enumerate(n_keep):
         if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-            raise ValueError(f"n_keep of item {i} must be an int token count, got {k!r}")
-        resolve_budget(int(k), lengths[i], i)
+            raise ValueError(f"n_keep of item {ids[i]} must be an int token count, got {k!r}")
+        resolve_budget(int(k), lengths[i], ids[i])
     if bad_items:
         i, m = bad_items[0], lengths[bad_items[0]]
         validate_item(attn[i, :m].cpu().double().numpy(),
                       None if prior is None else prior.expand(b, n)[i, :m].cpu().double().numpy(),
                       features[i, :m].cpu().double().numpy(),
-                      TokenLayout.from_array(layout[i, :m].cpu().numpy()), int(n_keep[i]), item=i)
-        raise ValueError(f"features of item {i} are finite but their norm overflows {norm_dtype}; pass float64 features")
+                      TokenLayout.from_array(layout[i, :m].cpu().numpy()), int(n_keep[i]), item=ids[i])
     return lengths
 
 
@@ -95,7 +94,7 @@ def select_tokens(attn: torch.Tensor, prior: torch.Tensor | None, features: torc
     ----------
     attn : Tensor, shape (B, N), float
     prior : Tensor, shape (B, N) or (N,), float, or None
-    features : Tensor, shape (B, N, D), any float dtype (similarities in float32, or float64 for float64)
+    features : Tensor, shape (B, N, D), any float dtype (edges decided exactly: see :mod:`d2pruner.fast.graph`)
     layout : Tensor, shape (B, N, 3), integer -- ``(view, row, col)`` per token
     n_keep : sequence of B ints (or an int64 tensor)
     config : D2PrunerConfig, optional
@@ -107,7 +106,9 @@ def select_tokens(attn: torch.Tensor, prior: torch.Tensor | None, features: torc
 
     Notes
     -----
-    Syncs with the device during validation, once per MIS round, and never per token.
+    Syncs with the device during validation, once per block of graph rows, once per MIS round, and
+    never per token. A padded batch costs B graphs of N x N bools: :func:`d2pruner.select_tokens`
+    groups items of similar size (:func:`d2pruner.fast.ragged.size_groups`) before padding.
 
     Examples
     --------
@@ -121,6 +122,13 @@ def select_tokens(attn: torch.Tensor, prior: torch.Tensor | None, features: torc
     >>> out.to_list()
     [Selection(kept=[0, 1, 2, 4], roles=['pivot', 'pivot', 'mis', 'mis']), Selection(kept=[0, 1, 2], roles=['pivot', 'pivot', 'mis'])]
     """
+    return select_padded(attn, prior, features, layout, n_keep, config, valid)
+
+
+def select_padded(attn: torch.Tensor, prior: torch.Tensor | None, features: torch.Tensor, layout: torch.Tensor,
+                  n_keep: Sequence[int] | torch.Tensor, config: D2PrunerConfig | None = None,
+                  valid: torch.Tensor | None = None, item_ids: Sequence[int] | None = None) -> BatchSelection:
+    """:func:`select_tokens`, with ``item_ids`` naming the items in error messages (for the public API)."""
     config = config or D2PrunerConfig()
     if attn.ndim != 2:
         raise ValueError(f"attn must have shape (B, N), got {tuple(attn.shape)}")
@@ -128,7 +136,7 @@ def select_tokens(attn: torch.Tensor, prior: torch.Tensor | None, features: torc
     device = attn.device
     valid = check_valid(valid, b, n, device)
     n_keep = n_keep.tolist() if isinstance(n_keep, torch.Tensor) else list(n_keep)
-    lengths = validate_batch(attn, prior, features, layout, n_keep, valid)
+    lengths = validate_batch(attn, prior, features, layout, n_keep, valid, item_ids)
 
     n_p_list = [pivot_count(k, config.pivot_ratio) for k in n_keep]
     n_p = torch.tensor(n_p_list, device=device)  # (B,)

@@ -4,6 +4,10 @@ Two tokens i != j are joined iff ``(1 - w) * S_sem(i, j) + w * S_spat(i, j) > th
 ``S_sem`` is the cosine similarity of their features and ``S_spat`` is 1 when they lie in the same
 view within Chebyshev distance ``rho`` (:func:`d2pruner.spec.is_edge`,
 :func:`d2pruner.spec.spatially_adjacent`). With ``w = 0`` the graph is purely semantic.
+
+The rule is decided exactly (:func:`d2pruner.spec.decide_edges`): the float64 cosine decides every
+pair farther than its error bound from the threshold, and the few pairs closer than that are
+decided by :func:`d2pruner.spec.cosine_exceeds` in exact arithmetic on the features.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
-from d2pruner.spec import NORM_EPS, D2PrunerConfig, TokenLayout, is_edge, spatially_adjacent
+from d2pruner.spec import (FLOAT64_ROUNDOFF, NORM_EPS, D2PrunerConfig, TokenLayout, cosine_error_bound, cosine_exceeds,
+                           cosine_thresholds, decide_edges, power_of_two_scale, spatially_adjacent)
 
 __all__ = ["cosine_similarity", "hybrid_graph"]
 
@@ -19,7 +24,9 @@ __all__ = ["cosine_similarity", "hybrid_graph"]
 def cosine_similarity(features):
     """Pairwise cosine similarity of the rows of ``features`` in float64.
 
-    Norms are clamped at :data:`d2pruner.spec.NORM_EPS`, so a zero row has similarity 0 with all.
+    Each row is first scaled by a power of two (:func:`d2pruner.spec.power_of_two_scale`, exact), so
+    no norm overflows; norms are clamped at :data:`d2pruner.spec.NORM_EPS`, so a zero row has
+    similarity 0 with all.
 
     Parameters
     ----------
@@ -35,6 +42,7 @@ def cosine_similarity(features):
     [[1.0, 0.7071, 0.0], [0.7071, 1.0, 0.0], [0.0, 0.0, 0.0]]
     """
     f = np.asarray(features, dtype=np.float64)
+    f = np.ldexp(f, -power_of_two_scale(np.abs(f).max(axis=1, initial=0.0))[:, None])  # largest entry in [0.5, 1)
     norms = np.maximum(np.linalg.norm(f, axis=1, keepdims=True), NORM_EPS)
     unit = f / norms
     return unit @ unit.T
@@ -74,7 +82,11 @@ def hybrid_graph(features, layout: TokenLayout, config: D2PrunerConfig = D2Prune
     v, r, c = layout.view, layout.row, layout.col
     spat = spatially_adjacent(v[:, None], r[:, None], c[:, None], v[None, :], r[None, :], c[None, :],
                               config.spatial_radius)  # S_spat(i, j)
-    edge = is_edge(sem, spat, config)  # the fused rule, for every pair at once
+    edge, unsure = decide_edges(sem, spat, config, cosine_error_bound(np.shape(features)[1], FLOAT64_ROUNDOFF))
+    thresholds = cosine_thresholds(config)  # (t for pairs apart, t for adjacent pairs), exact
+    f = np.asarray(features, dtype=np.float64)
+    for i, j in np.argwhere(np.triu(unsure | unsure.T, k=1)):  # too close to call in float64: decide exactly
+        edge[i, j] = edge[j, i] = cosine_exceeds(f[i], f[j], thresholds[int(spat[i, j])])
     nodes = list(range(sem.shape[0])) if nodes is None else [int(i) for i in nodes]
     graph = nx.Graph()
     graph.add_nodes_from(nodes)
