@@ -77,9 +77,36 @@ def process_device(device: str | None) -> str:
     """
     if device is None or device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(device)
     if str(device) == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return str(device)
+
+
+def check_device(device: str) -> None:
+    """``ValueError`` naming ``device`` when this machine cannot run on it (CUDA asked for, none available;
+    a GPU index beyond the visible ones).
+
+    >>> check_device("cpu")
+    >>> import torch; torch.cuda.is_available() or "CUDA is not available" in _device_error("cuda")
+    True
+    """
+    why = _device_error(str(device))
+    if why:
+        raise ValueError(why)
+
+
+def _device_error(device: str) -> str | None:
+    if not device.startswith("cuda"):
+        return None
+    if not torch.cuda.is_available():
+        build = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
+        return (f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__}, {build}); "
+                "use device 'cpu'")
+    index = device.partition(":")[2]
+    if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+        return f"device {device!r}: this machine has {torch.cuda.device_count()} visible GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+    return None
 
 
 def uses_prior(method: str | None) -> bool:
@@ -112,7 +139,8 @@ class SampleCache:
     """Answers of one (model, method, budget) run, one JSON line per sample, appended and synced per batch.
 
     ``fingerprint`` identifies the run; a cache file written by another run is refused rather than mixed.
-    A line cut short by a crash is dropped on opening.
+    A line cut short by a crash (the last, without its newline) is dropped on opening; any other line that
+    is not JSON stops with :class:`reproduce.records.CorruptFile` naming the file and the line.
 
     >>> import tempfile
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "answers.jsonl"
@@ -138,12 +166,14 @@ class SampleCache:
                 self.path.write_bytes(raw)
             lines = raw.decode().splitlines()
             if lines:
-                head = json.loads(lines[0])
+                from reproduce.records import json_line  # names the file and line of a corrupt one
+
+                head = json_line(self.path, 1, lines[0])
                 if head.get("fingerprint") != self.fingerprint:
                     raise ValueError(f"{self.path} holds answers of another run ({head.get('fingerprint')}), "
                                      f"not of {self.fingerprint}; use another cache path")
-                for line in lines[1:]:
-                    record = json.loads(line)
+                for n, line in enumerate(lines[1:], start=2):
+                    record = json_line(self.path, n, line)
                     self.records[record["key"]] = record
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)

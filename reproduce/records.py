@@ -7,8 +7,12 @@
     cells/<method>@<budget>/<benchmark>.answers.rankR-of-W.jsonl the same, per process when W share the run
     cells/<method>@<budget>/<benchmark>.answers.stale-<h>.jsonl  answers of another run configuration, set aside
 
+    .lock, .lock.rankR-of-W                                      held by the run writing here (:class:`OutputLock`)
+
 A record is reused only while its ``cell`` fingerprint (:func:`cell_fingerprint`) is this run's; the
 answer files are the adapter's per-sample cache, whose first line fingerprints the run that wrote it.
+A file read back that is not what was written (not JSON) stops the run with :class:`CorruptFile`
+naming the file and the line.
 """
 
 from __future__ import annotations
@@ -45,10 +49,132 @@ def cell_paths(out: pathlib.Path, row, bench) -> tuple[pathlib.Path, pathlib.Pat
 
 
 def write_json_atomic(path: pathlib.Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
+
+
+def write_text_atomic(path: pathlib.Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+class OutputBusy(RuntimeError):
+    """Another live run holds the output folder's lock (the message names it: pid, host, start time, command)."""
+
+
+class CorruptFile(ValueError):
+    """A file the run reads back (a cell record, an answer cache, a prior) is not what it wrote: the
+    message names the file and the line."""
+
+
+def read_json(path: pathlib.Path, what: str) -> Any:
+    """The JSON document in ``path``; :class:`CorruptFile` naming ``what``, the path, line and column if it is not JSON.
+
+    >>> import tempfile
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "POPE.json"; _ = p.write_text('{"value": 1,\\n oops}')
+    >>> read_json(p, "cell record")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    reproduce.records.CorruptFile: cell record .../POPE.json is not valid JSON at line 2, column 2 (Expecting property name enclosed in double quotes)...
+    """
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CorruptFile(f"{what} {path} is not valid JSON at line {err.lineno}, column {err.colno} ({err.msg})"
+                          f"{_REMEDY.get(what, '')}") from None
+
+
+_REMEDY = {"cell record": ": delete it and run again (the cell is evaluated again from its cached answers)"}
+
+
+class OutputLock:
+    """An exclusive lock on a run's output folder, so that two runs never compute the same answers.
+
+    The lock is ``<out>/.lock`` (``.lock.rankR-of-W`` for the other processes of an ``accelerate
+    launch`` / ``torchrun`` run, so that each process of one run holds its own and a second run of the
+    same shape collides on every rank), held with ``fcntl.flock`` for as long as the run lives. The
+    file names its holder (pid, host, start time, command): a second run stops with
+    :class:`OutputBusy` naming it. The operating system releases the lock when the holder dies however it
+    dies, so a stale lock (holder killed) is taken over at once, with a note naming the dead holder; the
+    answers it left are resumed as usual. On a network file system ``flock`` works where the server
+    supports locks (NFS v4 does); the holder's host is then named in the message.
+
+    >>> import tempfile
+    >>> out = pathlib.Path(tempfile.mkdtemp())
+    >>> with OutputLock(out) as lock:
+    ...     OutputLock(out).acquire()  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    reproduce.records.OutputBusy: ... is in use by another run: pid ... on ..., started ...; wait for it to end or use another --out (lock file .../.lock)
+    >>> OutputLock(out).acquire().release()  # free again
+    """
+
+    def __init__(self, out: pathlib.Path, rank: int = 0, world_size: int = 1, command: str = "") -> None:
+        self.out = pathlib.Path(out)
+        self.path = self.out / (".lock" if rank == 0 else f".lock.rank{rank}-of-{world_size}")
+        self.command = command or " ".join(sys.argv)
+        self._fd: int | None = None
+        self.stale: dict | None = None  # the dead holder taken over, if any
+
+    def acquire(self) -> "OutputLock":
+        import fcntl
+        import socket
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _holder(self.path)
+            os.close(fd)
+            raise OutputBusy(f"{self.out} is in use by another run: {describe_holder(holder)}; wait for it to end or use "
+                             f"another --out (lock file {self.path})") from None
+        previous = _holder(self.path)
+        if previous:  # left by a run that died without releasing it
+            self.stale = previous
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": self.command}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        import fcntl
+
+        os.ftruncate(self._fd, 0)  # empty = free; a killed holder leaves its line, read as stale
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire() if self._fd is None else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _holder(path: pathlib.Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+        return json.loads(text) if text else {}
+    except (OSError, json.JSONDecodeError):
+        return {"unreadable": str(path)}
+
+
+def describe_holder(holder: dict) -> str:
+    """How a lock's holder is named in messages: pid, host, start time, command."""
+    if not holder or "pid" not in holder:
+        return "a process that has not written its name yet"
+    return (f"pid {holder['pid']} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
+            + (f" (`{holder['command']}`)" if holder.get("command") else ""))
 
 
 def cell_fingerprint(*, spec: dict, row, bench, limit: int | None, world_size: int, adapter_kwargs: dict) -> dict:
@@ -65,15 +191,16 @@ def cell_fingerprint(*, spec: dict, row, bench, limit: int | None, world_size: i
                 max_new_tokens_cap=adapter_kwargs["max_new_tokens_cap"])}
 
 
-def reusable_record(record_path: pathlib.Path, cell: dict) -> dict | None:
-    """The cell's record if one exists for this very fingerprint ``cell``, else None (saying so, on rank 0,
-    when a record of another configuration is there)."""
+def reusable_record(record_path: pathlib.Path, cell: dict, quiet: bool = False) -> dict | None:
+    """The cell's record if one exists for this very fingerprint ``cell``, else None (saying so, on rank 0
+    and unless ``quiet``, when a record of another configuration is there). :class:`CorruptFile` naming
+    the file and line when the record is not JSON."""
     if not record_path.exists():
         return None
-    record = json.loads(record_path.read_text())
+    record = read_json(record_path, "cell record")
     if record.get("cell") == json.loads(json.dumps(cell)):
         return record
-    if int(os.environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0 and not quiet:
         print(f"{record_path}: recorded for another configuration ({record.get('cell')}); evaluating again",
               file=sys.stderr)
     return None
@@ -142,12 +269,22 @@ def answers_digest(path: pathlib.Path, limit: int | None = None, world_size: int
     first ``limit`` documents (those lmms-eval evaluates): answers left in the cache by a longer or
     differently sharded run of the same configuration are not counted.
     """
-    lines = [line for f in answer_files(path, world_size) for line in f.read_text(encoding="utf-8").splitlines()[1:]]
-    unique = {r["key"]: r for r in map(json.loads, lines) if limit is None or r["doc_id"] < limit}
+    rows = [json_line(f, n, line) for f in answer_files(path, world_size)
+            for n, line in enumerate(f.read_text(encoding="utf-8").splitlines()[1:], start=2)]
+    unique = {r["key"]: r for r in rows if limit is None or r["doc_id"] < limit}
     records = sorted(unique.values(), key=lambda r: r["key"])
     digest = hashlib.sha256(json.dumps([[r["key"], r["answer"]] for r in records]).encode()).hexdigest()[:12]
     kept = [r["visual_tokens"][1] for r in records if "visual_tokens" in r]
     return digest, len(records), (round(sum(kept) / len(kept), 2) if kept else None)
+
+
+def json_line(path: pathlib.Path, lineno: int, line: str) -> Any:
+    """One line of a JSON-lines file, or :class:`CorruptFile` naming the file and the line number."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise CorruptFile(f"{path} line {lineno} is not valid JSON ({err.msg} at column {err.colno}): {line[:80]!r}; "
+                          "delete that line (its sample is answered again) or the file") from None
 
 
 def git_commit() -> str:

@@ -17,6 +17,14 @@ Output folder (``--out``, default ``results/<table>`` or ``results/<table>-smoke
     cells/<method>@<budget>/<benchmark>.json          one record per cell (value + provenance)
     cells/<method>@<budget>/<benchmark>.answers.jsonl one line per answered sample (the resume cache)
     table.md, table.csv                               the table
+    .lock                                             held while a run writes here
+
+Every option, the output folder and the prior are checked before the model loads. A run holds a lock
+on its output folder (:class:`reproduce.records.OutputLock`): a second run into the same ``--out``
+stops at once naming the first (pid, host, start time, command) instead of computing the same answers;
+a lock left by a killed run is taken over with a note. The table shows the rows and columns run now
+and, from their records, every cell that earlier runs into the same ``--out`` computed under the same
+configuration, so a ``--rows`` / ``--columns`` subset adds to the table instead of replacing it.
 
 The pieces: :mod:`reproduce.specs` (tables, rows, columns, rows not run), :mod:`reproduce.benchmarks`
 (one record per benchmark column), :mod:`reproduce.inputs` (inputs checked or made),
@@ -50,30 +58,75 @@ def parse_args(table: str, argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         p.error(f"--limit {args.limit} must be >= 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        p.error(f"--batch-size {args.batch_size} must be >= 1")
     return args
 
 
 def main(table: str, argv: list[str] | None = None) -> int:
-    import torch
-
+    """Run the table; 0 when written, 2 (with a message on stderr, before any work) on a bad option, a
+    missing input, a corrupt file, an unwritable or busy ``--out``."""
     args = parse_args(table, list(argv or []))
     spec = load_spec(table)
-    try:
+    from reproduce import adapter, inputs, records
+
+    try:  # every option checked before anything is loaded or written
         rows, skipped = select_rows(spec, args.smoke, args.rows)
         columns = select_columns(spec, args.columns)
+        device = adapter.process_device(args.device)  # cuda:LOCAL_RANK when several processes share the run
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from reproduce import adapter, inputs, records, tables, tasks
-    from reproduce.tasks import smoke
-    from reproduce.cell import run_cell
+    mspec = spec["model"]
+    out = args.out or ROOT / "results" / (table + ("-smoke" if args.smoke else ""))
+    prior = out / "prior.json" if args.smoke else args.prior or pathlib.Path(mspec["prior"])
+    if not args.smoke:
+        try:
+            inputs.check_inputs(spec, rows, columns, args.model_path or mspec["id"], args.revision, prior)
+        except inputs.MissingInputs as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    if any(adapter.uses_prior(r.key) for r in rows) and prior.exists():  # before any answer is set aside for it
+        from d2pruner.models.prior import Prior
 
-    device = adapter.process_device(args.device)  # cuda:LOCAL_RANK when several processes share the run
+        try:
+            Prior.load(prior)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    lock = records.OutputLock(out, rank, world_size, command="python -m reproduce " + " ".join([table, *(argv or [])]))
+    try:
+        lock.acquire()
+    except records.OutputBusy as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: cannot write to --out {out}: {err.strerror or err} ({err.filename or out})", file=sys.stderr)
+        return 2
+    if lock.stale:
+        print(f"note: {lock.path} was left by a run that is no longer running ({records.describe_holder(lock.stale)}); "
+              "taking it over: its answers are kept and resumed", file=sys.stderr)
+    try:
+        return _run(table, argv, args, spec, rows, skipped, columns, device, out, prior)
+    except records.CorruptFile as err:  # a cell record or answer file damaged since it was written
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        lock.release()
+
+
+def _run(table, argv, args, spec, rows, skipped, columns, device, out, prior) -> int:
+    import torch
+
+    from reproduce import adapter, inputs, records, tables, tasks
+    from reproduce.cell import run_cell
+    from reproduce.tasks import smoke
+
     if device.startswith("cuda:"):
         torch.cuda.set_device(torch.device(device))
     rank = int(os.environ.get("RANK", "0"))
     mspec = spec["model"]
-    out = args.out or ROOT / "results" / (table + ("-smoke" if args.smoke else ""))
     if args.smoke:
         model_id, dtype, limit = spec["smoke"]["model"], "float32", args.limit or spec["smoke"]["limit"]
         max_tiles = int(spec["smoke"].get("max_tiles", 4))
@@ -81,18 +134,10 @@ def main(table: str, argv: list[str] | None = None) -> int:
     else:
         model_id, dtype, limit = args.model_path or mspec["id"], mspec["dtype"], args.limit
         max_tiles, revision = int(mspec.get("max_tiles") or 12), args.revision
-        prior = args.prior or pathlib.Path(mspec["prior"])
-        try:
-            inputs.check_inputs(spec, rows, columns, model_id, revision, prior)
-        except inputs.MissingInputs as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-    out.mkdir(parents=True, exist_ok=True)
     model = adapter.load(model_id, revision=revision, dtype=dtype, device=device,
                          attn_implementation=mspec["attn_implementation"], max_tiles=max_tiles)
     if args.smoke:  # every process writes its own copy (identical), so none reads a file another is writing
         include_path = smoke.write_smoke_tasks([b.stock for b in columns], out / "smoke-data" / f"rank{rank}", n=limit)
-        prior = out / "prior.json"
         if any(adapter.uses_prior(r.key) for r in rows) and not prior.exists():
             mine = out / f"prior.rank{rank}.json"
             inputs.smoke_prior(model[0], model[1], model[2], mine, max_tiles)
@@ -123,10 +168,49 @@ def main(table: str, argv: list[str] | None = None) -> int:
                           flush=True)
     if not rank0:
         return 0
-    lines = tables.build_table(spec, rows, skipped, cells)
-    (out / "table.csv").write_text(tables.table_csv(lines), encoding="utf-8")
+    shown, earlier = recorded_cells(spec, rows, cells, out, limit, adapter_kwargs)
+    lines = tables.build_table(spec, shown, skipped, {**earlier, **cells})
+    records.write_text_atomic(out / "table.csv", tables.table_csv(lines))
     md = tables.table_markdown(spec, lines, tables.table_header(spec, args.smoke, model_id, limit))
-    (out / "table.md").write_text(md, encoding="utf-8")
+    records.write_text_atomic(out / "table.md", md)
     print(md)
+    if earlier:
+        print(f"(with {len(earlier)} cell{'s' if len(earlier) > 1 else ''} of earlier runs into {out} under this configuration: "
+              f"{', '.join(sorted({label for label, _ in earlier}))})")
     print(f"wrote {out / 'table.md'} and {out / 'table.csv'}")
     return 0
+
+
+def recorded_cells(spec: dict, rows: list, cells: dict, out: pathlib.Path, limit: int | None,
+                   adapter_kwargs: dict) -> tuple[list, dict]:
+    """The rows to show and the cells of earlier runs to show with this run's ``cells``.
+
+    A ``--rows`` / ``--columns`` subset does not drop what earlier runs into the same ``out`` computed:
+    every cell of the spec that this run did not compute and whose record on disk was made under this
+    very configuration (:func:`reproduce.records.cell_fingerprint`: same checkpoint, limit, prior, ...)
+    is shown too, and its row with it, in the spec's row order.
+    """
+    from reproduce import records
+    from reproduce.specs import benchmark_columns
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    earlier: dict = {}
+    run_labels = [r.label for r in rows]
+    all_rows, _ = select_rows(spec, False, None)
+    for row in all_rows:
+        for bench in benchmark_columns(spec):
+            if (row.label, bench.name) in cells:
+                continue
+            record_path, _ = records.cell_paths(out, row, bench)
+            if not record_path.exists():
+                continue
+            cell = records.cell_fingerprint(spec=spec, row=row, bench=bench, limit=limit, world_size=world_size,
+                                            adapter_kwargs=adapter_kwargs)
+            record = records.reusable_record(record_path, cell, quiet=True)
+            if record is not None:
+                earlier[(row.label, bench.name)] = record
+    if not earlier:
+        return rows, earlier
+    labels = {label for label, _ in earlier} | set(run_labels)
+    shown = [r for r in all_rows if r.label in labels]
+    return shown + [r for r in rows if r.label not in {s.label for s in shown}], earlier

@@ -92,9 +92,11 @@ def select_rows(spec: dict, smoke: bool, wanted: str | None) -> tuple[list[Row],
     rows = spec["rows"]
     if smoke:
         rows = [{"method": m, "budget": b} for m, b in spec["smoke"]["rows"]]
-    if wanted:
+    if wanted is not None:
         labels = [w.strip() for w in wanted.split(",") if w.strip()]
         known = {f"{r['method']}@{r['budget']}": r for r in spec["rows"]}
+        if not labels:
+            raise ValueError(f"--rows {wanted!r} names no row; rows are: {', '.join(known)}")
         bad = [w for w in labels if w not in known]
         if bad:
             raise ValueError(f"unknown rows {bad} for {spec['table']}; rows are: {', '.join(known)}")
@@ -187,9 +189,11 @@ def select_columns(spec: dict, wanted: str | None) -> list:
     """The benchmark columns to run, as :class:`reproduce.benchmarks.Benchmark` records (``--columns``:
     comma-separated benchmark names)."""
     cols = benchmark_columns(spec)
-    if wanted:
+    if wanted is not None:
         names = [w.strip() for w in wanted.split(",") if w.strip()]
         known = {b.name: b for b in cols}
+        if not names:
+            raise ValueError(f"--columns {wanted!r} names no column; columns are: {', '.join(known)}")
         bad = [n for n in names if n not in known]
         if bad:
             raise ValueError(f"unknown columns {bad} for {spec['table']}; columns are: {', '.join(known)}")

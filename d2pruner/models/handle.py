@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import weakref
 from typing import Any, Sequence
 
 import numpy as np
@@ -151,11 +152,13 @@ class PruningHandle:
         self.hints = None if hints is None else list(hints)
 
     def remove(self) -> None:
-        """Detach every hook; the model behaves exactly as before."""
+        """Detach every hook; the model behaves exactly as before (and may be attached to again)."""
         for h in self._handles:
             h.remove()
         self._handles = []
         self._cut = None
+        if _attached_handle(self.model) is self:
+            del self.model.__dict__[_ATTACHED]
 
     def __enter__(self) -> "PruningHandle":
         return self
@@ -198,8 +201,9 @@ class PruningHandle:
                 cached = self._cut.index.shape[1] if self.prune_layer == 0 else self._cut.prompt_len
                 total = self._cut.prompt_len + cache.get_seq_length() - cached + q
             self.mode, self._step = "decode", {"q": q, "total": total}
-        else:
+        else:  # nothing to prune (a text-only pass): no statistics of an earlier image linger
             self.mode, self._cut = "off", None
+            self.stats, self.stage_stats = [], []
         return None
 
     # -- before the LLM: keep decoding steps consistent with the shortened prompt ------------------------
@@ -404,9 +408,19 @@ def attach(model, budget: Any, *, family=None, config: D2PrunerConfig | None = N
     >>> handle.stats[0].n_visual_after, handle.stats[0].method, handle.family.name
     (64, 'fastv', 'llava')
     """
+    from d2pruner.api import BACKENDS
     from d2pruner.models.family import family_for_model, get_family
     from d2pruner.models.prior import prior_tensor
 
+    if (other := _attached_handle(model)) is not None:
+        raise ValueError(f"{type(model).__name__} already has a pruning handle attached (method "
+                         f"{other.method.name!r}, budget {other.budget!r}); call .remove() on that handle (or leave its "
+                         "`with` block) before attaching another")
+    if config is not None and not isinstance(config, D2PrunerConfig):
+        hint = "D2PrunerConfig(**config)" if isinstance(config, dict) else "a D2PrunerConfig"
+        raise TypeError(f"config must be a d2pruner.D2PrunerConfig, got {type(config).__name__} {config!r}; pass {hint}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     family = family_for_model(model) if family is None else get_family(family) if isinstance(family, str) else family
     family.check_model(model)
     inner = family.inner(model)
@@ -423,6 +437,19 @@ def attach(model, budget: Any, *, family=None, config: D2PrunerConfig | None = N
     handle = handle_class(model, family=family, budget=budget, method=method, prune_layer=prune_layer, prior=prior_values)
     for key, value in family_options.items():
         if not hasattr(handle, key):
+            handle.remove()
             raise ValueError(f"unknown option {key!r} for the {family.name} family")
         setattr(handle, key, value)
+    model.__dict__[_ATTACHED] = weakref.ref(handle)  # not a module attribute: state_dict and repr ignore it
     return handle
+
+
+#: Where a model remembers its attached handle (a weak reference: the hooks keep a live handle alive).
+_ATTACHED = "_d2pruner_handle"
+
+
+def _attached_handle(model) -> "PruningHandle | None":
+    """The handle attached to ``model`` and not removed since, if any."""
+    ref = model.__dict__.get(_ATTACHED)
+    handle = ref() if ref is not None else None
+    return handle if handle is not None and handle._handles and handle.model is model else None

@@ -17,7 +17,10 @@ local Hugging Face cache; ``d2pruner/models/prior/__main__.py``)::
     python -m d2pruner.models.prior --model llava-hf/llava-1.5-7b-hf --images DIR --out prior.json
 
 It shows a progress bar, writes its running sum after every image to ``OUT.partial.json`` and, when
-run again, resumes from there; it refuses to mix models, layers or prompts in one file.
+run again, resumes from there; it refuses to mix models, layers or prompts in one file. An image that
+cannot be decoded is skipped with a warning naming it and counted in the prior's provenance
+(``n_skipped_images``, ``skipped_images``), so that one bad file neither stops a long measurement nor
+goes unnoticed.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_PROMPT", "IMAGE_SUFFIXES", "Prior", "PriorAccumulator", "attention_rows", "compute", "image_key",
-           "measure", "prior_tensor", "provenance"]
+__all__ = ["DEFAULT_PROMPT", "IMAGE_SUFFIXES", "Prior", "PriorAccumulator", "SkippedImageWarning", "UnreadableImage",
+           "attention_rows", "check_prune_layer", "compute", "image_key", "load_image", "measure", "prior_tensor",
+           "provenance"]
 
 #: The generic calibration prompt (our choice; the paper's exact wording is not published).
 DEFAULT_PROMPT = "Describe the image."
@@ -53,7 +57,10 @@ class Prior:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Prior":
-        data = json.loads(pathlib.Path(path).read_text())
+        """The prior in ``path``; ``ValueError`` naming the file (and the line) when it is not a prior file."""
+        data = _read_json(pathlib.Path(path), "prior file")
+        if not isinstance(data, dict) or "values" not in data or "meta" not in data:
+            raise ValueError(f"prior file {path} has no 'values' and 'meta' (not written by python -m d2pruner.models.prior)")
         return cls(np.asarray(data["values"], dtype=np.float64), data["meta"])
 
     def check_fits(self, model, prune_layer: int) -> None:
@@ -90,6 +97,42 @@ class _Stop(Exception):
     pass
 
 
+class UnreadableImage(ValueError):
+    """A calibration image that cannot be decoded; :func:`compute` skips it with a
+    :class:`SkippedImageWarning` and counts it in the prior's provenance (``skipped_images``)."""
+
+
+class SkippedImageWarning(UserWarning):
+    """An unreadable calibration image was skipped (its name is in the message and in ``skipped_images``)."""
+
+
+def load_image(path: pathlib.Path):
+    """The image in ``path`` as RGB, or :class:`UnreadableImage` naming the file and what is wrong with it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as err:  # PIL's UnidentifiedImageError and "image file is truncated" are OSErrors
+        raise UnreadableImage(f"image {path} cannot be read: {err}") from None
+
+
+def check_prune_layer(prune_layer: int, n_layers: int) -> None:
+    """``ValueError`` unless ``prune_layer`` = K is a layer a prior can be measured for: the attention row is
+    read at layer K-1's input and tokens are cut from layer K on, so 1 <= K <= n_layers - 1.
+
+    >>> check_prune_layer(2, 32)
+    >>> check_prune_layer(0, 4)
+    Traceback (most recent call last):
+    ...
+    ValueError: prune layer K=0 is out of range for a 4-layer language model: K must be 1 to 3 (the prior is the attention row at the input of layer K-1, pruning starts at layer K)
+    """
+    if isinstance(prune_layer, bool) or not isinstance(prune_layer, (int, np.integer)) or not 1 <= prune_layer <= n_layers - 1:
+        raise ValueError(f"prune layer K={prune_layer!r} is out of range for a {n_layers}-layer language model: K must be "
+                         f"1 to {n_layers - 1} (the prior is the attention row at the input of layer K-1, pruning "
+                         "starts at layer K)")
+
+
 @torch.no_grad()
 def attention_rows(model, inputs: dict, prune_layer: int, find_items, family=None) -> list:
     """Layer-(K-1) last-token attention over each item's visual tokens: ``[(row (N,), layout) | None]``.
@@ -101,7 +144,9 @@ def attention_rows(model, inputs: dict, prune_layer: int, find_items, family=Non
     from d2pruner.models.family import family_for_model
 
     family = family or family_for_model(model)
-    layer = family.inner(model).language_model.layers[prune_layer - 1]
+    layers = family.inner(model).language_model.layers
+    check_prune_layer(prune_layer, len(layers))
+    layer = layers[prune_layer - 1]
     found: dict = {}
 
     def hook(module, args, kwargs):
@@ -129,11 +174,13 @@ class PriorAccumulator:
         self.total = np.zeros(block, dtype=np.float64)
         self.blocks = 0
         self.done: list[str] = []
+        self.skipped: dict[str, str] = {}  # key -> why, of images that could not be read
         if state_path is not None and state_path.exists():
-            state = json.loads(state_path.read_text())
+            state = _read_json(state_path, "partial prior state")
             _check_same_run(state["meta"], self.meta, state_path)
             self.total = np.asarray(state["total"], dtype=np.float64)
             self.blocks, self.done = int(state["blocks"]), list(state["done"])
+            self.skipped = dict(state.get("skipped", {}))
 
     def add(self, key: str, row: torch.Tensor) -> None:
         """Add one image's visual attention row (a whole number of blocks) under a unique key."""
@@ -145,15 +192,27 @@ class PriorAccumulator:
         self.total += values.reshape(-1, self.block).sum(axis=0)
         self.blocks += values.size // self.block
         self.done.append(key)
+        self.skipped.pop(key, None)
+        self._save()
+
+    def skip(self, key: str, why: str) -> None:
+        """Record an image that could not be read (it counts in the provenance, not in the prior)."""
+        self.skipped[key] = why
+        self._save()
+
+    def _save(self) -> None:
         if self.state_path is not None:
             _atomic_write(self.state_path, {"meta": self.meta, "total": self.total.tolist(), "blocks": self.blocks,
-                                            "done": self.done})
+                                            "done": self.done, "skipped": self.skipped})
 
     def result(self, extra_meta: dict | None = None) -> Prior:
         if self.blocks == 0:
-            raise ValueError("no image was processed: the prior would be empty")
+            raise ValueError("no image was processed: the prior would be empty"
+                             + (f" ({len(self.skipped)} unreadable images skipped)" if self.skipped else ""))
         meta = {**self.meta, "n_images": len(self.done), "n_blocks": self.blocks,
-                "images_sha256": hashlib.sha256("\n".join(sorted(self.done)).encode()).hexdigest(), **(extra_meta or {})}
+                "images_sha256": hashlib.sha256("\n".join(sorted(self.done)).encode()).hexdigest(),
+                "n_skipped_images": len(self.skipped), "skipped_images": dict(sorted(self.skipped.items())),
+                **(extra_meta or {})}
         return Prior(self.total / self.blocks, meta)
 
 
@@ -162,6 +221,16 @@ def _check_same_run(old: dict, new: dict, path: pathlib.Path) -> None:
         if old.get(key) != new.get(key):
             raise ValueError(f"{path} holds a prior run with {key}={old.get(key)!r}; this run has {key}={new.get(key)!r}. "
                              "Refusing to mix them: use another --out or delete the file")
+
+
+def _read_json(path: pathlib.Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} {path} is not valid JSON at line {err.lineno}, column {err.colno} ({err.msg}); "
+                         "delete it and measure again") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} {path} is not a text file ({err.reason} at byte {err.start})") from None
 
 
 def _atomic_write(path: pathlib.Path, data: dict) -> None:
@@ -190,8 +259,12 @@ def compute(model, samples: Iterable[tuple[str, Callable[[], dict]]], *, prune_l
     """Measure a prior over ``samples`` = ``(key, make_inputs)`` of one image each; resumable via ``out``.
 
     ``make_inputs()`` builds the model inputs of that image; it is not called for images a previous,
-    interrupted run already added.
+    interrupted run already added. An image whose ``make_inputs()`` raises :class:`UnreadableImage` is
+    skipped with a :class:`SkippedImageWarning` naming it, and counted in the result's provenance
+    (``n_skipped_images``, ``skipped_images``: key -> why); a resumed run tries it again.
     """
+    import warnings
+
     from tqdm.auto import tqdm
 
     if out.exists():
@@ -200,7 +273,13 @@ def compute(model, samples: Iterable[tuple[str, Callable[[], dict]]], *, prune_l
     for key, make_inputs in tqdm(samples, desc="prior", disable=not progress):
         if key in acc.done:
             continue
-        (row, _), = attention_rows(model, make_inputs(), prune_layer, find_items)
+        try:
+            inputs = make_inputs()
+        except UnreadableImage as err:
+            warnings.warn(f"skipped: {err}", SkippedImageWarning, stacklevel=2)
+            acc.skip(key, str(err))
+            continue
+        (row, _), = attention_rows(model, inputs, prune_layer, find_items)
         acc.add(key, row)
     prior = acc.result(provenance())
     prior.save(out)
