@@ -46,7 +46,8 @@ def llama_rope(x: torch.Tensor, position_embeddings: tuple, positions=None) -> t
 def queries_and_keys(layer: torch.nn.Module, hidden_states: torch.Tensor, position_embeddings: tuple,
                      queries=None, rotary: RotaryScheme = llama_rope) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Rotated queries at ``queries`` and keys at every position of a Llama-layout decoder layer
-    (``input_layernorm``; ``self_attn.{q_proj,k_proj,head_dim}``), in float32.
+    (``input_layernorm``; ``self_attn.{q_proj,k_proj,head_dim}``, and per-head ``q_norm``/``k_norm``
+    before the rotary where the layer has them, as Qwen3), in float32.
 
     Parameters
     ----------
@@ -60,18 +61,16 @@ def queries_and_keys(layer: torch.nn.Module, hidden_states: torch.Tensor, positi
     (Tensor (B, nH, Q, hd) or None, Tensor (B, nKV, L, hd))
     """
     attn = layer.self_attn
-    for name in ("q_norm", "k_norm"):
-        if getattr(attn, name, None) is not None:
-            raise NotImplementedError(f"attention with {name} is not supported by queries_and_keys")
+    q_norm, k_norm = (getattr(attn, name, None) or (lambda t: t) for name in ("q_norm", "k_norm"))
     x = layer.input_layernorm(hidden_states)  # (B, L, H)
     b, n, _ = x.shape
     hd = attn.head_dim
     q = None
     if queries is not None:
         xq = x[:, queries]  # (B, Q, H)
-        q = attn.q_proj(xq).view(b, xq.shape[1], -1, hd).transpose(1, 2).float()  # (B, nH, Q, hd)
+        q = q_norm(attn.q_proj(xq).view(b, xq.shape[1], -1, hd)).transpose(1, 2).float()  # (B, nH, Q, hd)
         q = rotary(q, position_embeddings, queries)
-    k = attn.k_proj(x).view(b, n, -1, hd).transpose(1, 2).float()  # (B, nKV, L, hd)
+    k = k_norm(attn.k_proj(x).view(b, n, -1, hd)).transpose(1, 2).float()  # (B, nKV, L, hd)
     return q, rotary(k, position_embeddings)
 
 

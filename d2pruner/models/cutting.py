@@ -11,7 +11,7 @@ Everything here works on an ``index`` (B, L') of *original* prompt positions, le
 * :func:`prefill_mask` / :func:`decode_mask` -- the 4-D masks of the cut prompt pass and of the
   cached decoding steps after it (the KV cache of the cut layers holds only kept tokens);
 * :func:`decode_language_model_inputs` -- a decoding step after pruning before the LLM: positions
-  shifted back and the 2-D mask over the shortened prompt.
+  shifted back (when the family renumbers them) and the 2-D mask over the shortened prompt.
 
 Shape legend: B items, L prompt length, L' kept length, H hidden size, q query length of a decoding
 step, T tokens after the prompt.
@@ -151,7 +151,7 @@ def decode_language_model_inputs(kwargs: dict, cut: Cut, total: int) -> dict:
     """The language model's inputs of a decoding step after pruning before the LLM: position ids
     moved back by the dropped count, and the 2-D mask over the shortened prompt (dummies as padding)."""
     kwargs = dict(kwargs)
-    if kwargs.get("position_ids") is not None:
+    if kwargs.get("position_ids") is not None and cut.shift is not None:  # None: positions were kept
         kwargs["position_ids"] = kwargs["position_ids"] - cut.shift[:, None]  # (B, q)
     mask = kwargs.get("attention_mask")
     b = cut.index.shape[0]

@@ -25,6 +25,7 @@ import pathlib
 import pkgutil
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from d2pruner.methods.base import Need
@@ -57,6 +58,11 @@ class ModelFamily:
     uses_max_tiles: ClassVar[bool] = False
     refuses: ClassVar[Mapping[Need, str]] = {}
     rotary: ClassVar[RotaryScheme] = staticmethod(llama_rope)
+    #: Pruning before the LLM renumbers the kept tokens' positions as if the dropped placeholders had
+    #: never been there (1-D positions: LLaVA, InternVL); False keeps their original positions (M-RoPE).
+    renumber_before_llm: ClassVar[bool] = True
+    #: The token that ends an assistant turn in the chat template (answers stop there), or None.
+    chat_turn_end: ClassVar[str | None] = None
 
     # -- the model ----------------------------------------------------------------------------------
     def model_classes(self) -> tuple[type, ...]:
@@ -83,9 +89,29 @@ class ModelFamily:
         are the model's forward arguments (the processor's outputs: pixel values, image grids, ...)."""
         raise NotImplementedError
 
-    def expand_prior(self, prior: torch.Tensor, layout) -> torch.Tensor:
-        """The prior (one block) spread over an item's visual tokens (N,)."""
+    def expand_prior(self, prior: torch.Tensor, layout, resampling: str = "bilinear") -> torch.Tensor:
+        """The prior (one block) spread over an item's visual tokens (N,). ``resampling`` matters to
+        families whose views vary in size (the prior block is then resampled to each view)."""
         return prior.repeat(len(layout) // prior.numel())
+
+    def prior_blocks(self, model: torch.nn.Module, row: torch.Tensor, layout) -> np.ndarray:
+        """One image's visual attention row (N,) as prior blocks (blocks, block), for averaging."""
+        block = self.prior_block(model)
+        values = row.double().cpu().numpy()
+        if values.size % block:
+            raise ValueError(f"{values.size} visual tokens are not a whole number of {block}-position blocks")
+        return values.reshape(-1, block)
+
+    def decode_position_ids(self, model: torch.nn.Module, start: int, q: int) -> torch.Tensor | None:
+        """Position ids of a decoding step of ``q`` tokens that follows ``start`` tokens of the original
+        (unpruned) numbering, for families that keep original positions when pruning before the LLM
+        (None: let the model number it)."""
+        return None
+
+    def extra_hooks(self, handle) -> list:
+        """Hooks the family adds to a pruning handle (removed with it), e.g. to keep model-internal
+        additions aligned with the kept tokens."""
+        return []
 
     def item_hints(self, processor, images: Sequence, max_tiles: int) -> list | None:
         """Per-item layout facts the token ids do not carry (InternVL's tile grids), or None."""
@@ -125,8 +151,16 @@ class ModelFamily:
         raise NotImplementedError
 
     def eos_ids(self, model: torch.nn.Module, processor) -> list[int] | None:
-        """End-of-answer ids beyond the checkpoint's own (None: the checkpoint's own only)."""
-        return None
+        """End-of-answer ids: the checkpoint's own and :attr:`chat_turn_end`, whatever the generation
+        config says (the answer ends with the assistant's turn); None: the checkpoint's own only."""
+        if self.chat_turn_end is None:
+            return None
+        own = model.generation_config.eos_token_id
+        ids = [] if own is None else [own] if isinstance(own, int) else list(own)
+        end = processor.tokenizer.convert_tokens_to_ids(self.chat_turn_end)
+        if isinstance(end, int) and end != processor.tokenizer.unk_token_id:
+            ids.append(end)
+        return sorted(set(ids)) or None
 
     # -- full-size models with random weights and synthetic inputs (benchmarks) ----------------------
     def shipped_config(self) -> dict:

@@ -99,6 +99,8 @@ class PruningHandle:
         self.rotary = family.rotary
         self.budget, self.method = budget, method
         self.prior = prior
+        #: How a prior block is fitted to a view of another size (families whose views vary: Qwen-VL).
+        self.prior_resampling = "bilinear"
         self.instructions: list | None = None
         self.hints: list | None = None
         self.stage_stats: list[list[np.ndarray]] = []  # per stage, per item: kept original visual indices
@@ -129,6 +131,7 @@ class PruningHandle:
             if stage_layer > 0 and not method.scores_at_stage_layer:
                 self._handles.append(self.layers[stage_layer - 1].register_forward_pre_hook(self._on_score_layer,
                                                                                             with_kwargs=True))
+        self._handles += family.extra_hooks(self)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def set_instructions(self, instructions: Sequence[str | None]) -> None:
@@ -201,6 +204,12 @@ class PruningHandle:
                 cached = self._cut.index.shape[1] if self.prune_layer == 0 else self._cut.prompt_len
                 total = self._cut.prompt_len + cache.get_seq_length() - cached + q
             self.mode, self._step = "decode", {"q": q, "total": total}
+            if self.prune_layer == 0 and kwargs.get("position_ids") is None and not self.family.renumber_before_llm:
+                # Without position ids the model would number this step after the shortened cache; the
+                # family numbers it after the original prompt (``generate`` passes them itself).
+                pos = self.family.decode_position_ids(self.model, total - q, q)
+                if pos is not None:
+                    return args, {**kwargs, "position_ids": pos}
         else:  # nothing to prune (a text-only pass): no statistics of an earlier image linger
             self.mode, self._cut = "off", None
             self.stats, self.stage_stats = [], []
@@ -278,7 +287,8 @@ class PruningHandle:
             ords, slots = ordinals_of[i], ctx.slots_of[i]
             sub = ords.cpu().numpy()
             sub_layout = layout if stage == 0 else TokenLayout(layout.view[sub], layout.row[sub], layout.col[sub])
-            prior = None if self.prior is None else self.family.expand_prior(self.prior, layout).to(device)[ords]
+            prior = (None if self.prior is None else
+                     self.family.expand_prior(self.prior, layout, self.prior_resampling).to(device)[ords])
             attn = None if self._row is None else self._row[i, slots]
             extra = {}
             for probe in self._probes:
@@ -354,7 +364,8 @@ class PruningHandle:
                 orig = cur_index[i, ctx.slots_of[i][torch.as_tensor(sel.replaced, device=device)]]  # (M,) original positions
                 merged[i] = (orig, sel.features)
         h = cutting.cut_hidden(hidden, cur_index, cur_valid, index, slot_valid, n_seq, merged)
-        new_kwargs, shift = cutting.cut_positions(self._orig, index, slot_valid, self.prune_layer == 0,
+        renumber = self.prune_layer == 0 and self.family.renumber_before_llm
+        new_kwargs, shift = cutting.cut_positions(self._orig, index, slot_valid, renumber,
                                                   self.language_model.rotary_emb, hidden)
         if shift is not None:
             self._cut.shift = shift

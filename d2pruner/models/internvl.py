@@ -157,6 +157,7 @@ class InternVLFamily(ModelFamily):
     flops_config = "internvl2_5-8b-mpo-hf.json"
     prior_per = "tile position (every tile and the thumbnail)"
     uses_max_tiles = True
+    chat_turn_end = "<|im_end|>"
     handle_class = InternVLHandle
     refuses = {
         Need.CLS_ATTENTION: ("{name} needs the [CLS] attention of the vision tower, which InternVL does not have: its "
@@ -193,16 +194,6 @@ class InternVLFamily(ModelFamily):
         prompts = [self.prompt_text(processor, q) for q in questions]
         return processor(text=prompts, images=[im.convert("RGB") for im in images], padding=True, return_tensors="pt",
                          images_kwargs={"max_patches": max_tiles})
-
-    def eos_ids(self, model, processor) -> list[int] | None:
-        """The checkpoint's own end ids and the chat turn's end ``<|im_end|>``, whatever its generation
-        config says (the answer ends with the assistant's turn)."""
-        own = model.generation_config.eos_token_id
-        ids = [] if own is None else [own] if isinstance(own, int) else list(own)
-        end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if isinstance(end, int) and end != processor.tokenizer.unk_token_id:
-            ids.append(end)
-        return sorted(set(ids)) or None
 
     latency_budgets = (None, 1.0, 0.25, 0.1)
     latency_tiles = ((1, 6, 12), (1, 2))

@@ -1,0 +1,467 @@
+"""Qwen2.5-VL and Qwen3-VL (``Qwen2_5_VLForConditionalGeneration``, ``Qwen3VLForConditionalGeneration``):
+the model family records, images and video.
+
+**Visual tokens.** The vision tower cuts an image into 14 px (Qwen2.5-VL) or 16 px (Qwen3-VL) patches
+at its own resolution (between ``min_pixels`` and ``max_pixels``) and merges 2 x 2 patches into one
+LLM token. The processor reports each image's patch grid in ``image_grid_thw`` (t, h, w) and each
+video's in ``video_grid_thw``; after the merge an image is one view of ``h/2 x w/2`` tokens and a video
+is ``t`` frame groups (two frames each) of ``h/2 x w/2`` tokens. :meth:`QwenVLFamily.items` walks an
+item's image and video tokens in sequence order and gives each image, and each frame group of a video,
+its own view (:class:`d2pruner.spec.TokenLayout`): spatial edges join neighbours inside one image or one
+frame group only, never across frames or images; semantic edges join similar tokens anywhere. A prompt
+with two images has two views; a video of 8 frame groups has 8.
+
+**Positions (M-RoPE).** Every token has a 3-D position (time, row, column); transformers composes the
+multimodal rotary into the ``(cos, sin)`` tables every decoder layer receives, so the last token's
+attention row is computed from the layer's own q/k and those tables (Qwen3-VL's q/k norms included) by
+:func:`d2pruner.models.attention.queries_and_keys`. Kept tokens keep their original 3-D positions,
+inside the LLM and before it alike (``renumber_before_llm = False``): nothing is renumbered, and
+decoding continues from the unpruned prompt's positions, which transformers derives from the full
+2-D attention mask and its rope deltas.
+
+**DeepStack (Qwen3-VL).** Qwen3-VL adds features of three vision layers to the visual tokens' hidden
+states after decoder layers 0, 1 and 2. When a cut comes before or at one of those layers, the
+handle takes the additions over (:class:`DeepStackFollower`): after layers before the cut they go to
+every visual token, as in transformers; after the cut layer and later ones only to the kept tokens,
+each its own row. Pruning at K = 2 (D2Pruner's default) therefore keeps the third addition for the
+kept tokens; merged tokens (methods that merge) receive the addition of the token whose slot they hold.
+
+**Prior.** Qwen's grids vary per image, so the prior is kept on a fixed ``prior_side x prior_side``
+grid over normalised positions (cell centres at ``((r + 0.5) / rows, (c + 0.5) / cols)``): the prior
+command resamples each view's attention map onto it before averaging, and applying it resamples the
+grid to each view's ``rows x cols`` (``resampling``: ``"bilinear"``, the default, or ``"nearest"``;
+a handle option, ``attach(..., prior_resampling="nearest")``). The same prior serves video frame groups.
+
+**Refused.** Methods that need a [CLS] attention (VisionZip: Qwen's ViT has no [CLS] token), a CLIP
+text tower (CDPruner: Qwen's ViT is not aligned with a text encoder) or fixed-size per-image
+projector inputs (Qwen's merger takes 2 x 2 patch groups of images of any size).
+
+Examples
+--------
+>>> import torch
+>>> from d2pruner.models import tiny
+>>> model = tiny.tiny_qwen2_5_vl()
+>>> inputs = tiny_inputs(model, [(1, 8, 12)])  # one image of 8 x 12 patches: 4 x 6 = 24 tokens
+>>> with attach(model, budget=8) as handle:
+...     _ = model(**inputs)
+>>> handle.stats[0].n_visual_before, handle.stats[0].n_visual_after
+(24, 8)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from d2pruner.methods.base import Need
+from d2pruner.models.family import ModelFamily, register_family
+from d2pruner.models.handle import attach as _attach
+from d2pruner.spec import TokenLayout
+
+__all__ = ["DeepStackFollower", "GridCapture", "QWEN2_5_VL", "QWEN3_VL", "QwenVLFamily", "attach", "find_items", "resample_grid",
+           "tiny_inputs"]
+
+TINY_PATCH = 2  # tiny twins: 2 px patches, 2 x 2 merge
+TINY_VIDEO_TOKEN = 6  # "<video>" in the tiny vocabulary
+TINY_VISION_START, TINY_VISION_END = 4, 5  # "<img>", "</img>"
+RESAMPLING = ("bilinear", "nearest")
+_QWEN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<img><image></img>{% elif c['type'] == 'video' %}"
+    "<img><video></img>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def resample_grid(values: torch.Tensor, rows: int, cols: int, resampling: str = "bilinear") -> torch.Tensor:
+    """A (R, C) map resampled to (rows, cols) over normalised positions (cell centres), float64.
+
+    Same size returns the values unchanged; ``"bilinear"`` interpolates between cell centres (and
+    averages, anti-aliased, when shrinking), ``"nearest"`` takes the cell whose centre is nearest.
+
+    >>> m = torch.tensor([[1.0, 3.0]])
+    >>> resample_grid(m, 1, 4).tolist()
+    [[1.0, 1.5, 2.5, 3.0]]
+    >>> resample_grid(m, 1, 4, "nearest").tolist()
+    [[1.0, 1.0, 3.0, 3.0]]
+    """
+    if resampling not in RESAMPLING:
+        raise ValueError(f"resampling must be one of {RESAMPLING}, got {resampling!r}")
+    values = values.double()
+    if tuple(values.shape) == (rows, cols):
+        return values.clone()
+    x = values[None, None]
+    if resampling == "nearest":
+        out = torch.nn.functional.interpolate(x, size=(rows, cols), mode="nearest-exact")
+    else:
+        shrink = rows < values.shape[0] or cols < values.shape[1]
+        out = torch.nn.functional.interpolate(x.float(), size=(rows, cols), mode="bilinear", align_corners=False,
+                                              antialias=shrink).double()
+    return out[0, 0]
+
+
+def find_items(input_ids: torch.Tensor, image_token_id: int, video_token_id: int, image_grid_thw, video_grid_thw,
+               merge: int, frames_per_run: bool) -> list:
+    """``(positions (N,), TokenLayout)`` of each item's visual tokens, or None (no image or video).
+
+    Grids are consumed in batch order (item 0's images first), images from ``image_grid_thw`` and
+    videos from ``video_grid_thw``, each grid ``(t, h, w)`` in patches; a run of tokens takes
+    ``t * h * w / merge**2`` of them. Each image and each frame group of a video is one view.
+    ``frames_per_run``: the processor puts each frame group of a video in its own run (Qwen3-VL, with a
+    timestamp between them) instead of the whole video in one run (Qwen2.5-VL).
+    """
+    def queue(grids, split_frames):
+        out = []
+        for g in ([] if grids is None else grids.tolist()):
+            t, h, w = (int(v) for v in g)
+            if h % merge or w % merge:
+                raise ValueError(f"a grid of {h} x {w} patches does not divide into {merge} x {merge} merges")
+            out += [(1, h // merge, w // merge)] * t if split_frames else [(t, h // merge, w // merge)]
+        return out
+
+    images, videos = queue(image_grid_thw, False), queue(video_grid_thw, frames_per_run)
+    items = []
+    for i, row in enumerate(input_ids):
+        is_image, is_video = row == image_token_id, row == video_token_id
+        pos = (is_image | is_video).nonzero()[:, 0]  # (N,)
+        if len(pos) == 0:
+            items.append(None)
+            continue
+        kinds = is_video[pos].tolist()
+        layouts, k = [], 0
+        while k < len(pos):
+            source, what = (videos, "video") if kinds[k] else (images, "image")
+            if not source:
+                raise ValueError(f"item {i} has more {what} tokens than the {what} grids describe "
+                                 f"({what}_grid_thw missing or too short)")
+            t, h, w = source.pop(0)
+            n = t * h * w
+            if k + n > len(pos) or any(kd != kinds[k] for kd in kinds[k:k + n]):
+                raise ValueError(f"item {i}: a {what} grid of {t} x {h} x {w} tokens does not match the run of {what} "
+                                 f"tokens at position {int(pos[k])}")
+            layouts += [TokenLayout.grid(h, w)] * t  # one view per image / frame group
+            k += n
+        items.append((pos, TokenLayout.concat(layouts)))
+    left = [name for name, q in (("image", images), ("video", videos)) if q]
+    if left:
+        raise ValueError(f"the batch has fewer {' and '.join(left)} tokens than its grids describe")
+    return items
+
+
+class GridCapture:
+    """Records the patch grids each time the vision tower runs: ``generate`` encodes the images before
+    the prompt pass and hands that pass the encoder outputs (``mm_encoder_outputs``) without the grids.
+    :meth:`grids` matches the recorded calls to those outputs by their per-image token counts."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+        self.calls: list[torch.Tensor] = []
+
+    def register(self) -> list:
+        return [self.handle.family.inner(self.handle.model).visual.register_forward_pre_hook(self._on_tower,
+                                                                                             with_kwargs=True)]
+
+    def _on_tower(self, module, args, kwargs):
+        grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+        if grid is not None:
+            self.calls = (self.calls + [grid.detach().cpu().clone()])[-4:]
+        self.handle.hints = self
+        return None
+
+    def grids(self, encoded: dict | None, merge: int) -> dict:
+        """``{"image_grid_thw": ..., "video_grid_thw": ...}`` of the encoded images and videos."""
+        out = {}
+        for kind in ("image", "video"):
+            enc = (encoded or {}).get(kind)
+            if enc is None:
+                continue
+            counts = [int(x.shape[0]) for x in enc.pooler_output]
+            match = [g for g in reversed(self.calls) if (g.prod(dim=1) // merge ** 2).tolist() == counts]
+            if not match:
+                raise ValueError(f"the prompt pass got pre-encoded {kind}s ({counts} tokens each) whose patch grids were "
+                                 f"not seen when the vision tower ran; pass {kind}_grid_thw with them")
+            out[f"{kind}_grid_thw"] = match[0]
+        return out
+
+
+class DeepStackFollower:
+    """Qwen3-VL's DeepStack additions, taken over by the handle when a cut comes before the last one.
+
+    A pre-hook on the text model takes ``visual_pos_masks`` and ``deepstack_visual_embeds`` out of its
+    arguments during a pruning prompt pass; forward hooks on the first decoder layers add each
+    layer's features to the visual tokens the sequence still holds after that layer (the handle's
+    stage index maps slots to original positions).
+    """
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+        self.masks: torch.Tensor | None = None
+        self.embeds: list | None = None
+
+    def register(self) -> list:
+        text = self.handle.language_model
+        hooks = [text.register_forward_pre_hook(self._take, with_kwargs=True)]
+        n = getattr(self.handle.model.config.vision_config, "deepstack_visual_indexes", None) or []
+        for j in range(min(len(n), len(text.layers))):
+            hooks.append(text.layers[j].register_forward_hook(self._adder(j)))
+        return hooks
+
+    def _take(self, module, args, kwargs):
+        self.masks = self.embeds = None
+        handle = self.handle
+        embeds = kwargs.get("deepstack_visual_embeds")
+        if handle.mode != "prefill" or embeds is None or handle.prune_layer >= len(embeds):
+            return None  # nothing to follow: the model adds them itself
+        self.masks, self.embeds = kwargs["visual_pos_masks"], list(embeds)
+        return args, {**kwargs, "visual_pos_masks": None, "deepstack_visual_embeds": None}
+
+    def _adder(self, layer_idx: int):
+        def hook(module, args, output):
+            if self.embeds is None or layer_idx >= len(self.embeds):
+                return None
+            hidden = output[0] if isinstance(output, tuple) else output
+            masks = self.masks.to(hidden.device)
+            embeds = self.embeds[layer_idx].to(hidden.device, hidden.dtype)  # (V, H) in (item, position) order
+            stages = [s for s, layer in enumerate(self.handle.stage_layers) if layer <= layer_idx]
+            hidden = hidden.clone()
+            if not stages:  # before any cut: as transformers does it
+                hidden[masks, :] = hidden[masks, :] + embeds
+            else:
+                index, slot_valid = self.handle.stage_state[stages[-1]]  # (B, L') original positions
+                rank = masks.flatten().long().cumsum(0).view(masks.shape) - 1  # (B, L) row in embeds
+                visual = masks.gather(1, index) & slot_valid  # (B, L') slots holding a visual token
+                rows = rank.gather(1, index)[visual]
+                hidden[visual, :] = hidden[visual, :] + embeds[rows]
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+        return hook
+
+
+class QwenVLFamily(ModelFamily):
+    """What the two Qwen-VL generations share; each subclass names its classes and checkpoint."""
+
+    prior_per = "normalised image position (a 24 x 24 grid resampled to each image or frame group)"
+    renumber_before_llm = False
+    chat_turn_end = "<|im_end|>"
+    #: Side of the fixed grid the prior is kept on.
+    prior_side: ClassVar[int] = 24
+    #: The processor's pixel limits (None: the checkpoint's own); the image is resized to fit them.
+    min_pixels: ClassVar[int | None] = None
+    max_pixels: ClassVar[int | None] = None
+    #: Whether each frame group of a video is its own run of tokens (timestamps between them).
+    frames_per_run: ClassVar[bool] = False
+    refuses = {
+        Need.CLS_ATTENTION: "{name} needs the [CLS] attention of the vision tower, and Qwen's ViT has no [CLS] token",
+        Need.TEXT_TOWER: ("{name} needs a CLIP text tower for the instruction relevance, and Qwen's ViT is not aligned "
+                          "with a text encoder"),
+        Need.VISION_FEATURES: ("{name} reads each image's projector input as one fixed-size block; Qwen's merger takes "
+                               "2 x 2 patch groups of images of any size, so there is no such block"),
+    }
+
+    def merge(self, model) -> int:
+        return int(model.config.vision_config.spatial_merge_size)
+
+    def prior_block(self, model) -> int:
+        return self.prior_side ** 2
+
+    def items(self, model, input_ids, hints, inputs=None) -> list:
+        """The grids come from the forward's inputs or, when ``generate`` passed pre-encoded images, from
+        what the vision tower was given (``hints``: the handle's :class:`GridCapture`)."""
+        inputs = dict(inputs or {})
+        if inputs.get("image_grid_thw") is None and inputs.get("video_grid_thw") is None and isinstance(hints, GridCapture):
+            inputs.update(hints.grids(inputs.get("mm_encoder_outputs"), self.merge(model)))
+        return find_items(input_ids, int(model.config.image_token_id), int(model.config.video_token_id),
+                          inputs.get("image_grid_thw"), inputs.get("video_grid_thw"), self.merge(model),
+                          self.frames_per_run)
+
+    def _views(self, layout: TokenLayout):
+        for v in np.unique(layout.view):
+            sel = np.nonzero(layout.view == v)[0]
+            yield sel, int(layout.row[sel].max()) + 1, int(layout.col[sel].max()) + 1
+
+    def expand_prior(self, prior: torch.Tensor, layout, resampling: str = "bilinear") -> torch.Tensor:
+        """The prior grid resampled to each view of ``layout`` (N,)."""
+        grid = prior.reshape(self.prior_side, self.prior_side)
+        out = torch.empty(len(layout), dtype=prior.dtype)
+        for sel, rows, cols in self._views(layout):
+            view = resample_grid(grid, rows, cols, resampling)
+            out[torch.as_tensor(sel)] = view[torch.as_tensor(layout.row[sel]), torch.as_tensor(layout.col[sel])].to(prior.dtype)
+        return out
+
+    def prior_blocks(self, model, row: torch.Tensor, layout) -> np.ndarray:
+        """Each view's attention map resampled onto the prior grid: (views, side**2)."""
+        blocks = []
+        for sel, rows, cols in self._views(layout):
+            view = torch.zeros(rows, cols, dtype=torch.float64)
+            view[torch.as_tensor(layout.row[sel]), torch.as_tensor(layout.col[sel])] = row[torch.as_tensor(sel)].double()
+            blocks.append(resample_grid(view, self.prior_side, self.prior_side).flatten().numpy())
+        return np.stack(blocks)
+
+    def decode_position_ids(self, model, start: int, q: int) -> torch.Tensor | None:
+        """``start + arange(q)`` plus the prompt's M-RoPE delta (as transformers numbers a cached step
+        without a mask), in all three rows."""
+        deltas = self.inner(model).rope_deltas  # (B, 1), set by the prompt pass
+        if deltas is None:
+            return None
+        pos = torch.arange(start, start + q, device=deltas.device)[None] + deltas  # (B, q)
+        return pos[None].expand(3, -1, -1)
+
+    def extra_hooks(self, handle) -> list:
+        capture = GridCapture(handle)
+        handle.hints = capture
+        return capture.register() + (DeepStackFollower(handle).register() if self.deepstack else [])
+
+    deepstack: ClassVar[bool] = False
+
+    # -- processor and prompts -------------------------------------------------------------------------
+    def prompt_text(self, processor, question: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def build_batch(self, processor, images, questions, max_tiles: int) -> dict:
+        prompts = [self.prompt_text(processor, q) for q in questions]
+        kwargs = {}
+        if self.min_pixels is not None or self.max_pixels is not None:
+            size = dict(processor.image_processor.size)
+            if self.min_pixels is not None:
+                size["shortest_edge"] = int(self.min_pixels)
+            if self.max_pixels is not None:
+                size["longest_edge"] = int(self.max_pixels)
+            kwargs["images_kwargs"] = {"size": size}
+        return processor(text=prompts, images=[im.convert("RGB") for im in images], padding=True, return_tensors="pt",
+                         return_mm_token_type_ids=True, **kwargs)
+
+    def synthetic_image(self, model, tiles: int, generator: torch.Generator):
+        """A square image of the checkpoint's default size class: 28 x 28 merged tokens (a 784 x 784 px
+        image for Qwen2.5-VL); ``tiles`` scales its side."""
+        vc = model.config.vision_config
+        side = 56 * max(1, int(tiles))  # patches per side (merged: side / 2)
+        per_patch = int(vc.in_channels) * int(vc.temporal_patch_size) * int(vc.patch_size) ** 2
+        pixels = torch.randn(side * side, per_patch, generator=generator)
+        return (side // self.merge(model)) ** 2, pixels, torch.tensor([[1, side, side]])
+
+    # -- tiny twin -------------------------------------------------------------------------------------
+    def tiny_pixels(self) -> int:
+        return TINY_PATCH
+
+
+class Qwen25VLFamily(QwenVLFamily):
+    name = "qwen2_5_vl"
+    title = "Qwen2.5-VL"
+    model_types = ("qwen2_5_vl",)
+    checkpoint = "Qwen/Qwen2.5-VL-7B-Instruct"
+    flops_config = "qwen2.5-vl-7b-instruct.json"
+
+    def model_classes(self):
+        from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel
+
+        return Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel
+
+    def full_size_config(self, attn_implementation: str):
+        from transformers import Qwen2_5_VLConfig
+
+        cfg = {k: v for k, v in self.shipped_config().items() if not k.startswith("_")}
+        return Qwen2_5_VLConfig(**cfg, attn_implementation=attn_implementation)
+
+    def tiny_model(self, seed: int = 0, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
+        """A random ``Qwen2_5_VLForConditionalGeneration``: 2 px patches, 2 x 2 merge, window attention in
+        the ViT, a 4-layer Qwen2 text model (width 64, 4 heads, 2 KV heads, M-RoPE sections 2/3/3)."""
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+        from d2pruner.models import tiny_parts as tiny
+
+        config = Qwen2_5_VLConfig(
+            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=TINY_PATCH,
+                               spatial_merge_size=2, temporal_patch_size=2, window_size=8, out_hidden_size=64,
+                               fullatt_block_indexes=[1], tokens_per_second=2),
+            text_config=_tiny_text(tiny), image_token_id=tiny.IMAGE_TOKEN, video_token_id=TINY_VIDEO_TOKEN,
+            vision_start_token_id=TINY_VISION_START, vision_end_token_id=TINY_VISION_END,
+            attn_implementation=attn_implementation)
+        return tiny.build(Qwen2_5_VLForConditionalGeneration, config, seed, dtype)
+
+
+class Qwen3VLFamily(QwenVLFamily):
+    name = "qwen3_vl"
+    title = "Qwen3-VL"
+    model_types = ("qwen3_vl",)
+    checkpoint = "Qwen/Qwen3-VL-8B-Instruct"
+    flops_config = "qwen3-vl-8b-instruct.json"
+    frames_per_run = True
+    deepstack = True
+
+    def model_classes(self):
+        from transformers import Qwen3VLForConditionalGeneration, Qwen3VLModel
+
+        return Qwen3VLForConditionalGeneration, Qwen3VLModel
+
+    def full_size_config(self, attn_implementation: str):
+        from transformers import Qwen3VLConfig
+
+        cfg = {k: v for k, v in self.shipped_config().items() if not k.startswith("_")}
+        return Qwen3VLConfig(**cfg, attn_implementation=attn_implementation)
+
+    def tiny_model(self, seed: int = 0, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
+        """A random ``Qwen3VLForConditionalGeneration``: 2 px patches, 2 x 2 merge, DeepStack features from
+        vision layers 0, 1, 2 added after decoder layers 0, 1, 2 (three, as the real checkpoint), a 4-layer
+        Qwen3 text model with q/k norms
+        (width 64, 4 heads, 2 KV heads, head width 16, interleaved M-RoPE sections 2/3/3)."""
+        from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+        from d2pruner.models import tiny_parts as tiny
+
+        config = Qwen3VLConfig(
+            vision_config=dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=TINY_PATCH,
+                               spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
+                               num_position_embeddings=64, deepstack_visual_indexes=[0, 1, 2]),
+            text_config={**_tiny_text(tiny), "head_dim": 16}, image_token_id=tiny.IMAGE_TOKEN,
+            video_token_id=TINY_VIDEO_TOKEN, vision_start_token_id=TINY_VISION_START,
+            vision_end_token_id=TINY_VISION_END, attn_implementation=attn_implementation)
+        return tiny.build(Qwen3VLForConditionalGeneration, config, seed, dtype)
+
+
+def _tiny_text(tiny) -> dict:
+    return dict(vocab_size=tiny.VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192, initializer_range=0.2,
+                pad_token_id=tiny.PAD_TOKEN, bos_token_id=1, eos_token_id=2,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+
+
+QWEN2_5_VL = register_family(Qwen25VLFamily())
+QWEN3_VL = register_family(Qwen3VLFamily())
+
+
+def tiny_inputs(model, images: Sequence[tuple[int, int, int]] = (), videos: Sequence[tuple[int, int, int]] = (),
+                before: Sequence[int] = (1, 10, 11), after: Sequence[int] = (12, 13), seed: int = 0) -> dict:
+    """Inputs of one prompt for a tiny Qwen twin: ``images`` then ``videos`` (grids ``(t, h, w)`` in
+    patches), each between vision start/end tokens, with random pixels, ``mm_token_type_ids`` and grids.
+    Qwen3-VL's videos get one run per frame group, as its processor writes them."""
+    family = QWEN3_VL if "qwen3" in model.config.model_type else QWEN2_5_VL
+    vc = model.config.vision_config
+    g = torch.Generator().manual_seed(seed)
+    per_patch = int(vc.in_channels) * int(vc.temporal_patch_size) * int(vc.patch_size) ** 2
+    merge = int(vc.spatial_merge_size) ** 2
+    ids, out = list(before), {}
+    for key, grids, token in (("pixel_values", images, int(model.config.image_token_id)),
+                              ("pixel_values_videos", videos, int(model.config.video_token_id))):
+        if not grids:
+            continue
+        for t, h, w in grids:
+            runs = [h * w // merge] * t if (family.frames_per_run and token != int(model.config.image_token_id)) \
+                else [t * h * w // merge]
+            for n in runs:
+                ids += [int(model.config.vision_start_token_id)] + [token] * n + [int(model.config.vision_end_token_id)]
+        out[key] = torch.randn(sum(t * h * w for t, h, w in grids), per_patch, generator=g)
+        out["image_grid_thw" if key == "pixel_values" else "video_grid_thw"] = torch.tensor([list(x) for x in grids])
+    ids += list(after)
+    input_ids = torch.tensor([ids])
+    types = torch.zeros_like(input_ids, dtype=torch.int32)
+    types[input_ids == int(model.config.image_token_id)] = 1
+    types[input_ids == int(model.config.video_token_id)] = 2
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "mm_token_type_ids": types, **out}
+
+
+def attach(model, budget: Any, **options):
+    """Prune the visual tokens of a Qwen2.5-VL or Qwen3-VL model: :func:`d2pruner.models.handle.attach`
+    with the model's family (``prior_resampling="bilinear" | "nearest"`` fits the prior grid to each view)."""
+    return _attach(model, budget, **options)

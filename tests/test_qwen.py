@@ -1,0 +1,263 @@
+"""Qwen2.5-VL and Qwen3-VL on their tiny twins: identity when keeping everything, equality with an
+independent masking reference (prompt pass and greedy decoding) for images, two images, video and
+left-padded batches of different image sizes, M-RoPE attention rows, DeepStack following the kept
+tokens, exact budgets, every baseline run or refused, and the resampled prior."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from d2pruner import D2PrunerConfig
+from d2pruner.methods import get_method, method_names
+from d2pruner.models import qwen_vl
+from d2pruner.models.prior import attention_rows
+from model_inputs import dropped_positions, masked_reference_hooks
+from qwen_inputs import PROMPTS, QWEN_FAMILIES, find_items, left_padded, prompt, qwen_model
+
+K = D2PrunerConfig().prune_layer
+
+
+def _batch(model, names, seed=0):
+    return left_padded([prompt(model, n, seed=seed + i, before=3 + 2 * i) for i, n in enumerate(names)])
+
+
+# --- layout -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+@pytest.mark.parametrize("name, views, n", [("image", 1, 24), ("two_images", 2, 48), ("video", 3, 48),
+                                            ("image_and_video", 3, 96)])
+def test_each_image_and_frame_group_is_one_view(family, name, views, n):
+    model = qwen_model(family)
+    batch = prompt(model, name)
+    (pos, layout), = find_items(model, batch)(batch["input_ids"])
+    assert len(pos) == len(layout) == n and layout.n_views == views
+    ids = batch["input_ids"][0, pos]
+    assert bool(((ids == model.config.image_token_id) | (ids == model.config.video_token_id)).all())
+    images, videos = PROMPTS[name]
+    sizes = [(h // 2, w // 2) for _, h, w in images] + [(h // 2, w // 2) for t, h, w in videos for _ in range(t)]
+    for v, (rows, cols) in enumerate(sizes):
+        sel = layout.view == v
+        assert (int(layout.row[sel].max()) + 1, int(layout.col[sel].max()) + 1, int(sel.sum())) == (rows, cols, rows * cols)
+
+
+def test_grids_that_do_not_match_the_tokens_are_refused_by_name():
+    model = qwen_model("qwen2_5_vl")
+    batch = prompt(model, "image")
+    with pytest.raises(ValueError, match=r"grid of 1 x 6 x 6 tokens does not match the run of image tokens"):
+        qwen_vl.QWEN2_5_VL.items(model, batch["input_ids"], None, {"image_grid_thw": torch.tensor([[1, 12, 12]])})
+    with pytest.raises(ValueError, match="image_grid_thw missing"):
+        qwen_vl.QWEN2_5_VL.items(model, batch["input_ids"], None, {})
+
+
+# --- the attention row (M-RoPE through the layer's own rotary tables) -------------------------------
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+def test_attention_row_equals_eager_output_attentions(family):
+    model = qwen_model(family, "eager")
+    batch = _batch(model, ["image_and_video", "two_images"])
+    with torch.no_grad():
+        out = model(**batch, output_attentions=True)
+    want = out.attentions[K - 1][:, :, -1, :].mean(dim=1)  # (B, L)
+    find = find_items(model, batch)
+    rows = attention_rows(model, batch, K, lambda ids: find(ids))
+    for i, (row, _) in enumerate(rows):
+        pos = find(batch["input_ids"])[i][0]
+        torch.testing.assert_close(row.float(), want[i, pos], atol=1e-6, rtol=0)
+
+
+# --- identity and the masking reference -------------------------------------------------------------
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("method", ["d2pruner", "divprune"])
+def test_keeping_every_token_changes_nothing(family, attn, method):
+    model = qwen_model(family, attn)
+    batch = _batch(model, ["image_and_video", "two_images"])
+    with torch.no_grad():
+        base = model(**batch).logits
+        base_gen = model.generate(**batch, max_new_tokens=5, do_sample=False)
+        with qwen_vl.attach(model, 1.0, method=method) as handle:
+            kept = model(**batch).logits
+            kept_gen = model.generate(**batch, max_new_tokens=5, do_sample=False)
+    assert [s.n_visual_after for s in handle.stats] == [96, 48]
+    assert (kept - base).abs().max().item() == 0.0
+    assert torch.equal(kept_gen, base_gen)
+
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("names", [["image"], ["two_images"], ["video"], ["image_and_video", "two_images"],
+                                   ["image", "video"]])
+@pytest.mark.parametrize("method, layer", [("d2pruner", K), ("divprune", 0)])
+def test_pruned_run_equals_masking_reference(family, attn, names, method, layer):
+    """Removing tokens at layer K (or before the LLM) == keeping them but masking their keys from that
+    layer on, for the prompt pass and five greedy decoding steps; positions stay the originals."""
+    if attn == "eager" and len(names) == 1 and names[0] != "video":
+        pytest.skip("eager is covered by the batches and the video")
+    model = qwen_model(family, attn)
+    batch = _batch(model, names)
+    with torch.no_grad():
+        with qwen_vl.attach(model, 0.25, method=method) as handle:
+            pruned = model(**batch).logits[:, -1]
+            pruned_gen = model.generate(**batch, max_new_tokens=5, do_sample=False, output_logits=True,
+                                        return_dict_in_generate=True)
+        dropped = dropped_positions(batch["input_ids"], find_items(model, batch), handle.stats)
+        with masked_reference_hooks(model, layer, dropped):
+            masked = model(**batch).logits[:, -1]
+            masked_gen = model.generate(**batch, max_new_tokens=5, do_sample=False, output_logits=True,
+                                        return_dict_in_generate=True)
+        full = model(**batch).logits[:, -1]
+    assert handle.prune_layer == layer
+    torch.testing.assert_close(pruned, masked, atol=1e-4, rtol=0)
+    assert (full - pruned).abs().max() > 1e-3, "pruning changed nothing: nothing was tested"
+    assert torch.equal(pruned_gen.sequences, masked_gen.sequences)
+    for a, b in zip(pruned_gen.logits, masked_gen.logits):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+def test_decoding_without_a_mask_after_pruning_before_the_llm_continues_from_the_original_positions(family):
+    """Step by step without an attention mask: the model would count the shortened cache; the handle
+    hands it the original length, so the steps equal the masking reference's."""
+    from transformers import DynamicCache
+
+    model = qwen_model(family)
+    batch = prompt(model, "image_and_video")
+    batch.pop("attention_mask")
+
+    def run(ctx):
+        cache, ids, logits = DynamicCache(config=model.config.get_text_config()), batch["input_ids"], []
+        with ctx, torch.no_grad():
+            out = model(**batch, past_key_values=cache, use_cache=True)
+            for _ in range(3):
+                logits.append(out.logits[:, -1])
+                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+                ids = torch.cat([ids, nxt], dim=1)
+                out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+        return logits
+
+    handle = qwen_vl.attach(model, 0.3, method="divprune")
+    pruned = run(handle)
+    dropped = dropped_positions(batch["input_ids"], find_items(model, batch), handle.stats)
+    masked = run(masked_reference_hooks(model, 0, dropped))
+    for a, b in zip(pruned, masked):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_deepstack_additions_follow_the_kept_tokens():
+    """Qwen3-VL adds vision features after decoder layers 0-2; pruning at K = 2 must add the third one to
+    the kept tokens (the masking reference adds it to every token, the dropped ones being invisible).
+    Without the additions the logits differ, so the test sees them."""
+    model = qwen_model("qwen3_vl")
+    batch = _batch(model, ["image_and_video", "two_images"])
+    assert len(model.config.vision_config.deepstack_visual_indexes) == 3
+    with torch.no_grad():
+        with qwen_vl.attach(model, 0.25) as handle:
+            pruned = model(**batch).logits[:, -1]
+        dropped = dropped_positions(batch["input_ids"], find_items(model, batch), handle.stats)
+        with masked_reference_hooks(model, K, dropped):
+            masked = model(**batch).logits[:, -1]
+        text = model.model.language_model
+        hook = text.register_forward_pre_hook(
+            lambda m, a, kw: (a, {**kw, "deepstack_visual_embeds": [e * 0 for e in kw["deepstack_visual_embeds"]]}),
+            with_kwargs=True)
+        try:
+            with masked_reference_hooks(model, K, dropped):
+                without = model(**batch).logits[:, -1]
+        finally:
+            hook.remove()
+    torch.testing.assert_close(pruned, masked, atol=1e-4, rtol=0)
+    assert (without - masked).abs().max() > 1e-3
+
+
+# --- budgets, batches, every method -----------------------------------------------------------------
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+def test_exact_budgets_per_item_and_batch_equals_items_alone(family):
+    model = qwen_model(family)
+    names, budgets = ["image_and_video", "two_images"], [10, 0.5]
+    batch = _batch(model, names)
+    with torch.no_grad():
+        with qwen_vl.attach(model, budgets) as handle:
+            together = model(**batch).logits[:, -1]
+        stats = list(handle.stats)
+        alone = []
+        for i, (n, b) in enumerate(zip(names, budgets)):
+            with qwen_vl.attach(model, b) as single:
+                alone.append(model(**left_padded([prompt(model, n, seed=i, before=3 + 2 * i)])).logits[0, -1])
+            assert single.stats[0].kept.tolist() == stats[i].kept.tolist()
+    assert [s.n_visual_after for s in stats] == [10, 24]
+    assert [s.n_visual_before for s in stats] == [96, 48]
+    for i in range(2):
+        torch.testing.assert_close(together[i], alone[i], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+@pytest.mark.parametrize("method", method_names())
+def test_every_method_runs_or_is_refused_with_its_reason(family, method):
+    model = qwen_model(family)
+    batch = _batch(model, ["image_and_video"])
+    m = get_method(method)
+    why = qwen_vl.QWEN3_VL.refusal(m) if family == "qwen3_vl" else qwen_vl.QWEN2_5_VL.refusal(m)
+    if why is not None:
+        assert method in ("visionzip", "cdpruner")
+        with pytest.raises(ValueError, match="Qwen"):
+            qwen_vl.attach(model, 0.5, method=method)
+        return
+    budget = 0.5 if not m.progressive else 0.4  # progressive: an average the 4 tiny layers can reach
+    with torch.no_grad(), qwen_vl.attach(model, budget, method=method) as handle:
+        handle.set_instructions(["what is shown?"])
+        model.generate(**batch, max_new_tokens=2, do_sample=False)
+    assert handle.stats[0].n_visual_before == 96 and 0 < handle.stats[0].n_visual_after < 96
+
+
+# --- the prior over normalised positions ------------------------------------------------------------
+
+def test_resample_grid_is_the_identity_at_the_same_size_and_keeps_values_positive():
+    g = torch.rand(24, 24, generator=torch.Generator().manual_seed(0)) + 0.5
+    assert torch.equal(qwen_vl.resample_grid(g, 24, 24), g.double())
+    for rows, cols in [(4, 6), (17, 23), (40, 30)]:
+        for mode in qwen_vl.RESAMPLING:
+            out = qwen_vl.resample_grid(g, rows, cols, mode)
+            assert out.shape == (rows, cols) and float(out.min()) > 0
+            assert float(out.min()) >= float(g.min()) - 1e-6 and float(out.max()) <= float(g.max()) + 1e-6
+    with pytest.raises(ValueError, match="'cubic'"):
+        qwen_vl.resample_grid(g, 4, 4, "cubic")
+
+
+def test_prior_blocks_and_expand_prior_round_trip_on_the_prior_grid():
+    fam = qwen_vl.QWEN2_5_VL
+    from d2pruner.spec import TokenLayout
+
+    values = torch.rand(576, generator=torch.Generator().manual_seed(1)).double() + 0.5
+    layout = TokenLayout.concat([TokenLayout.grid(24, 24), TokenLayout.grid(6, 9)])
+    spread = fam.expand_prior(values, layout)
+    assert torch.equal(spread[:576], values)  # a 24 x 24 view takes the prior as it is
+    blocks = fam.prior_blocks(None, spread, layout)
+    assert blocks.shape == (2, 576)
+    np.testing.assert_array_equal(blocks[0], values.numpy())
+    # a smooth map survives the trip to a small grid and back within a few percent
+    yy, xx = np.meshgrid(np.linspace(0, 1, 24), np.linspace(0, 1, 24), indexing="ij")
+    smooth = torch.as_tensor(1 + 0.5 * xx + 0.25 * yy).flatten()
+    back = fam.prior_blocks(None, fam.expand_prior(smooth, TokenLayout.grid(12, 12)), TokenLayout.grid(12, 12))[0]
+    assert np.abs(back - smooth.numpy()).max() < 0.05
+
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+def test_a_prior_measured_on_one_grid_debiases_others_and_the_resampling_is_a_choice(family):
+    model = qwen_model(family)
+    batch = _batch(model, ["image_and_video", "two_images"])
+    prior = torch.rand(576, generator=torch.Generator().manual_seed(2)) ** 4 + 0.01  # strongly uneven
+    kept = {}
+    with torch.no_grad():
+        for name, options in [("none", {}), ("bilinear", {"prior": prior}),
+                              ("nearest", {"prior": prior, "prior_resampling": "nearest"})]:
+            with qwen_vl.attach(model, 0.25, **options) as handle:
+                model(**batch)
+            kept[name] = [s.kept.tolist() for s in handle.stats]
+            assert all(s.debiased == (name != "none") for s in handle.stats)
+    assert kept["bilinear"] != kept["none"] and kept["nearest"] != kept["bilinear"]
+    with pytest.raises(ValueError, match="576"):
+        qwen_vl.attach(model, 0.25, prior=torch.ones(100))
