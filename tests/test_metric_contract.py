@@ -22,7 +22,6 @@ import pathlib
 import re
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -138,18 +137,28 @@ def test_missing_data_reads_hf_datasets_cache_by_default(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def smoke_dir(tmp_path_factory):
-    start = time.perf_counter()
-    path = write_smoke_tasks(ALL, tmp_path_factory.mktemp("smoke_tasks"), n=N)
-    write_smoke_tasks.seconds = time.perf_counter() - start
-    return path
+    return write_smoke_tasks(ALL, tmp_path_factory.mktemp("smoke_tasks"), n=N)
 
 
 def _table(smoke_dir, stock, suffix=""):
     return pd.read_parquet(smoke_dir / f"{stock}{suffix}.parquet")
 
 
-def test_smoke_writing_is_fast(smoke_dir):
-    assert write_smoke_tasks.seconds < 2.0, f"write_smoke_tasks took {write_smoke_tasks.seconds:.2f} s for {len(ALL)} tasks"
+def test_smoke_writing_encodes_each_photograph_once_and_writes_only_its_files(tmp_path):
+    """What keeps writing the smoke tasks cheap (every smoke run and CI job does it), without a clock: each
+    sample photograph is decoded, resized and PNG-encoded once per process however many tasks, items and
+    folders use it, and nothing is written but each task's data files, its YAML and its record's own files."""
+    from reproduce.tasks import smoke
+
+    smoke._png.cache_clear()
+    first = write_smoke_tasks(ALL, tmp_path / "a", n=N)
+    write_smoke_tasks(ALL, tmp_path / "b", n=7)
+    assert smoke._png.cache_info().misses == len(smoke.SAMPLES), smoke._png.cache_info()
+    want = set()
+    for bench in benchmarks.all_benchmarks():
+        want |= {f"{bench.stock}{d.smoke_suffix}.parquet" for d in bench.data} | {f"{bench.task}.yaml"}
+        want |= set(bench.smoke_files)
+    assert sorted(p.name for p in first.iterdir()) == sorted(want)
 
 
 def test_smoke_files_are_byte_identical_across_calls_and_folders(smoke_dir, tmp_path):
@@ -363,14 +372,11 @@ def contract(smoke_dir, tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(work / "cache"),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
            "OPENAI_API_URL": "http://127.0.0.1:9/never", "OPENAI_API_KEY": "none"}
-    start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "scripted_lmm.py"), "spec.json", "out.json"],
                           cwd=work, env=env, capture_output=True, text=True, timeout=600)
-    seconds = time.perf_counter() - start
     if proc.returncode != 0:
         pytest.fail(f"lmms-eval subprocess failed (rc={proc.returncode}):\n{proc.stderr[-6000:]}")
     out = json.loads((work / "out.json").read_text())
-    out["seconds"] = seconds
     out["workdir"] = work
     return out
 
@@ -399,8 +405,7 @@ def test_real_yamls_run_offline_from_the_datasets_cache(contract):
 
 
 @pytest.mark.lmms
-def test_contract_run_is_fast_and_leaves_no_files_behind(contract):
-    assert contract["seconds"] < 120, f"lmms-eval subprocess took {contract['seconds']:.1f} s"
+def test_contract_run_leaves_no_files_behind(contract):
     leftovers = sorted(p.name for p in contract["workdir"].iterdir())
     assert leftovers == ["cache", "out.json", "spec.json"], leftovers  # no submission files
 
