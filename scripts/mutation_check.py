@@ -134,8 +134,22 @@ MUTANTS = {
         "d2pruner/compat.py", "    return cache\n", "    return None\n"),
     "compat: the cache argument ignores the installed version": (
         "d2pruner/compat.py", 'return "cache" if version >= _CACHE_RENAMED else "past_key_values"', 'return "cache"'),
+    "fast graph decides near-threshold pairs in float32": (
+        "d2pruner/fast/graph.py", "        if bi.numel():\n", "        if False:\n"),
+    "fast graph not mirrored (upper triangle only)": (
+        "d2pruner/fast/graph.py", "        graph[:, lo:, lo:hi] |= edge.transpose(1, 2)", "        pass"),
+    "reference graph decides near-threshold pairs in float64": (
+        "d2pruner/reference/graph.py", "edge[i, j] = edge[j, i] = cosine_exceeds(f[i], f[j], thresholds[int(spat[i, j])])", "pass"),
+    "exact cosine rule >= instead of >": (
+        "d2pruner/spec.py", "return lhs > 0 and lhs * lhs > rhs_sq", "return lhs > 0 and lhs * lhs >= rhs_sq"),
+    "rows not scaled before their norms": (
+        "d2pruner/fast/graph.py", "        x = _scaled(x, e)\n", ""),
     "compat: no floor": (
         "d2pruner/compat.py", "    if version < FLOOR:", "    if False:"),
+    "records: the output lock never refuses a second run": (
+        "reproduce/records.py", "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", "pass"),
+    "run: a --rows subset drops the cells earlier runs recorded": (
+        "reproduce/run.py", "            if record is not None:\n                earlier[", "            if False:\n                earlier["),
 }
 
 

@@ -223,3 +223,55 @@ def test_relative_performance_and_the_abstracts_claim():
         claim = next(r for r in csv.DictReader(f) if r["claim"] == entry["claim"])
     assert f"Abstract: {claim['claim']} = {claim['value']} {claim['unit']}" in md
     assert f"ours, D2Pruner Rel: 64 → {want:.2f}" in md
+
+
+def test_a_second_lock_on_one_output_folder_is_refused_naming_the_first(tmp_path):
+    import os
+
+    first = records.OutputLock(tmp_path, command="python -m reproduce table1").acquire()
+    with pytest.raises(records.OutputBusy, match=rf"{tmp_path} is in use by another run: pid {os.getpid()} on .*, started "
+                                                 r".*python -m reproduce table1"):
+        records.OutputLock(tmp_path).acquire()
+    first.release()
+    again = records.OutputLock(tmp_path).acquire()
+    assert again.stale is None, "a lock released cleanly is not stale"
+    again.release()
+
+
+def _fake_run_cell(calls):
+    """run_cell without lmms-eval: a record as the real one writes it (this run's fingerprint), value 1 + index."""
+    def run_cell(*, spec, row, bench, out, adapter_kwargs, limit, include_path, env, provenance):
+        import os as _os
+
+        calls.append((row.label, bench.name))
+        record_path, _ = records.cell_paths(out, row, bench)
+        cell = records.cell_fingerprint(spec=spec, row=row, bench=bench, limit=limit,
+                                        world_size=int(_os.environ.get("WORLD_SIZE", "1")), adapter_kwargs=adapter_kwargs)
+        if (old := records.reusable_record(record_path, cell)) is not None:
+            return old
+        record = {"cell": cell, "value": float(len(calls)), "n_samples": limit, "answers_sha256": f"h{len(calls)}"}
+        records.write_json_atomic(record_path, record)
+        return record
+    return run_cell
+
+
+def test_a_rows_subset_keeps_the_rows_earlier_runs_computed(tmp_path, monkeypatch, capsys):
+    import csv
+    import io
+
+    from reproduce import cell
+
+    calls = []
+    monkeypatch.setattr(cell, "run_cell", _fake_run_cell(calls))
+    out = tmp_path / "out"
+    base = ["table1", "--smoke", "--columns", "POPE", "--out", str(out)]
+    assert main([*base, "--rows", "Vanilla@576"]) == 0
+    assert main([*base, "--rows", "FastV@64", "--limit", "3"]) == 0  # another limit: Vanilla's record does not fit
+    assert main([*base, "--rows", "FastV@64"]) == 0
+    assert calls == [("Vanilla@576", "POPE"), ("FastV@64", "POPE"), ("FastV@64", "POPE")]
+    table = list(csv.DictReader(io.StringIO((out / "table.csv").read_text())))
+    shown = {(r["method"], r["budget"]): r["reproduced"] for r in table if r["benchmark"] == "POPE"}
+    assert shown == {("Vanilla", "576"): "1.00", ("FastV", "64"): "3.00"}
+    md = (out / "table.md").read_text()
+    assert "| Vanilla | 576 |" in md and "| FastV | 64 |" in md
+    assert "1 cell of earlier runs" in capsys.readouterr().out
