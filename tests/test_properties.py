@@ -6,11 +6,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from d2pruner.spec import D2PrunerConfig, Role, TokenLayout
-from d2pruner.testing import SelectionCase, batches, selection_cases
+from d2pruner.testing import SelectionCase, batches, near_threshold_batches, selection_cases
 from conftest import DEVICES
 from helpers import BACKENDS, adjacency, n_pivots, ranks, run, run_fast_batch, run_reference
 
@@ -173,3 +174,44 @@ def test_positive_scaling_is_invariant(backend, case, k_attn, k_prior):
 def test_full_budget_keeps_everything(backend, case):
     case = dataclasses.replace(case, n_keep=case.n_tokens)
     np.testing.assert_array_equal(run(backend, case).kept, np.arange(case.n_tokens))
+
+
+# cos((1, 1, 0), (1, 0, 1)) is exactly 1/2 = theta: no edge (strict), on every backend and dtype.
+_AT_THETA_CASE = SelectionCase(
+    np.array([0.5, 0.25, 0.125]), None, np.array([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 0.0, 1.0]]),
+    TokenLayout.grid(1, 3), 2, D2PrunerConfig(pivot_ratio=0.0, sim_threshold=0.5))
+# float32 rounds cos(2, 3) to 0.80000006 one way round and 0.8 the other (the fast graph was asymmetric).
+_ASYMMETRIC_CASE = SelectionCase(
+    np.array([0.9, 0.8, 0.6, 0.7, 0.5, 0.4]), None,
+    np.array([[0, 0, 9], [0, 0, -9], [7.473, 0, 0.001], [1.232, 0.896, 0.226], [0, 7, 0], [0, -7, 0]], np.float32).astype(np.float64),
+    TokenLayout.grid(2, 3), 4, D2PrunerConfig())
+
+
+@given(drawn=near_threshold_batches())
+@example(drawn=([_AT_THETA_CASE], "float16"))
+@example(drawn=([_ASYMMETRIC_CASE], "float32"))
+def test_reference_equals_fast_at_the_threshold(drawn):
+    """Pairs exactly on or ulps beside theta, features in float16/bfloat16/float32/float64: both backends
+    take the exact rule (the oracle decides each pair with spec.cosine_exceeds), so they agree and
+    the MIS is independent."""
+    from d2pruner.spec import cosine_exceeds, cosine_thresholds
+
+    from d2pruner.fast import pack, select_tokens as fast_select
+
+    cases, dtype = drawn
+    attn, valid = pack([torch.tensor(c.attn) for c in cases])  # float64: only the features take the drawn dtype
+    feats, _ = pack([torch.tensor(c.features).to(getattr(torch, dtype)) for c in cases])
+    lay, _ = pack([torch.tensor(c.layout.as_array()) for c in cases])
+    prior = None if cases[0].prior is None else pack([torch.tensor(c.prior) for c in cases], pad_value=1)[0]
+    got = fast_select(attn, prior, feats, lay, [c.n_keep for c in cases], cases[0].config, valid).to_list()
+    for i, case in enumerate(cases):
+        want = run_reference(case)
+        assert got[i] == want, f"item {i} ({dtype}): fast {got[i]} != reference {want}"
+        lay, t = case.layout, cosine_thresholds(case.config)
+        mis = want.indices(Role.MIS).tolist()
+        for a in mis:
+            for b in mis:
+                if a < b:
+                    adj = int(max(abs(lay.row[a] - lay.row[b]), abs(lay.col[a] - lay.col[b])) <= case.config.spatial_radius
+                              and lay.view[a] == lay.view[b])
+                    assert not cosine_exceeds(case.features[a], case.features[b], t[adj]), f"MIS tokens {a}, {b} are adjacent"
