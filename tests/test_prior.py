@@ -155,3 +155,38 @@ def test_internvl_prior_applies_to_every_tile_and_the_thumbnail():
     assert stats.debiased and stats.n_visual_before == 768 and stats.n_visual_after == 77
     within_tile = stats.kept % 256
     assert np.mean(within_tile) > 128, "the per-position prior did not reach the tiles"
+
+
+def test_unreadable_images_are_skipped_counted_and_tried_again_on_resume(tmp_path):
+    from d2pruner.models.prior import SkippedImageWarning, UnreadableImage
+
+    model = tiny.tiny_llava()
+    out = tmp_path / "prior.json"
+    good = dict(llava_samples(4))
+
+    def unreadable():
+        raise UnreadableImage("image /data/img1.png cannot be read: truncated")
+
+    samples = [("img0", good["img0"]), ("img1", unreadable), ("img2", good["img2"]),
+               ("img3", llava_samples(4, fail_at=3)[3][1])]
+    with pytest.warns(SkippedImageWarning, match="img1.png cannot be read"), pytest.raises(RuntimeError, match="simulated"):
+        compute(model, samples, prune_layer=2, find_items=find(model), block=576, meta=META, out=out, progress=False)
+    state = json.loads((tmp_path / "prior.json.partial.json").read_text())
+    assert state["done"] == ["img0", "img2"] and list(state["skipped"]) == ["img1"]
+    with pytest.warns(SkippedImageWarning):  # still unreadable on resume: skipped again, counted once
+        prior = compute(model, [*samples[:3], ("img3", good["img3"])], prune_layer=2, find_items=find(model), block=576,
+                        meta=META, out=tmp_path / "prior.json", progress=False)
+    assert prior.meta["n_images"] == 3 and prior.meta["n_skipped_images"] == 1
+    assert prior.meta["skipped_images"] == {"img1": "image /data/img1.png cannot be read: truncated"}
+    out.unlink()
+    fixed = compute(model, llava_samples(4), prune_layer=2, find_items=find(model), block=576, meta=META, out=out,
+                    progress=False)
+    assert fixed.meta["n_images"] == 4 and fixed.meta["n_skipped_images"] == 0
+
+
+def test_attention_rows_refuse_a_layer_outside_the_model():
+    model = tiny.tiny_llava()
+    batch, _ = left_padded_batch("llava", [(2, 3)])
+    for k in (0, 4, 9):
+        with pytest.raises(ValueError, match=f"prune layer K={k} is out of range for a 4-layer language model: K must be 1 to 3"):
+            attention_rows(model, batch, k, find(model))
