@@ -261,3 +261,44 @@ def test_a_prior_measured_on_one_grid_debiases_others_and_the_resampling_is_a_ch
     assert kept["bilinear"] != kept["none"] and kept["nearest"] != kept["bilinear"]
     with pytest.raises(ValueError, match="576"):
         qwen_vl.attach(model, 0.25, prior=torch.ones(100))
+
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+def test_prior_command_measures_a_resampled_grid_over_images_of_different_sizes(family, tmp_path):
+    """The prior command on a saved tiny checkpoint: images of different sizes give views of different
+    grids; each view's map is resampled onto the 24 x 24 grid, and the file's prior debiases later runs."""
+    from PIL import Image
+
+    from d2pruner.models.loading import build_inputs
+    from d2pruner.models.prior import Prior
+    from d2pruner.models.prior.__main__ import main
+    from d2pruner.models.tiny_processor import tiny_processor
+
+    model, processor = qwen_model(family), tiny_processor(family)
+    folder = tmp_path / "ckpt"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    sizes = [(40, 60), (48, 32), (36, 36)]
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    out = tmp_path / "prior.json"
+    assert main(["--model", str(folder), "--images", str(images), "--out", str(out), "--dtype", "float32"]) == 0
+    prior = Prior.load(out)
+    assert prior.values.shape == (576,) and bool((prior.values > 0).all())
+    assert prior.meta["n_images"] == 3 and prior.meta["n_blocks"] == 3 and "24 x 24" in prior.meta["per"]
+    # the same mean by hand: each image's layer-(K-1) row, resampled with the family's own rule
+    fam = qwen_vl.QWEN3_VL if family == "qwen3_vl" else qwen_vl.QWEN2_5_VL
+    grids, blocks = set(), []
+    for i in range(3):
+        inputs = build_inputs(processor, family, Image.open(images / f"{i}.png"), "Describe the image.")
+        (row, layout), = attention_rows(model, inputs, K, find_items(model, inputs))
+        grids.add((int(layout.row.max()) + 1, int(layout.col.max()) + 1))
+        blocks.append(fam.prior_blocks(model, row, layout))
+    assert len(grids) == 3  # three different grids went into one prior
+    np.testing.assert_allclose(prior.values, np.concatenate(blocks).mean(0), rtol=1e-6)
+    with torch.no_grad(), qwen_vl.attach(model, 0.25, prior=out) as handle:
+        model(**build_inputs(processor, family, Image.open(images / "0.png"), "what?"))
+    assert handle.stats[0].debiased

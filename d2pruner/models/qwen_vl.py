@@ -60,7 +60,7 @@ from d2pruner.models.family import ModelFamily, register_family
 from d2pruner.models.handle import attach as _attach
 from d2pruner.spec import TokenLayout
 
-__all__ = ["DeepStackFollower", "GridCapture", "QWEN2_5_VL", "QWEN3_VL", "QwenVLFamily", "attach", "find_items", "resample_grid",
+__all__ = ["DeepStackFollower", "GridCapture", "image_only_processor", "QWEN2_5_VL", "QWEN3_VL", "QwenVLFamily", "attach", "find_items", "resample_grid",
            "tiny_inputs"]
 
 TINY_PATCH = 2  # tiny twins: 2 px patches, 2 x 2 merge
@@ -315,6 +315,19 @@ class QwenVLFamily(ModelFamily):
     deepstack: ClassVar[bool] = False
 
     # -- processor and prompts -------------------------------------------------------------------------
+    def processor_class(self):
+        raise NotImplementedError
+
+    def load_processor(self, model_id: str, revision: str | None):
+        """The checkpoint's processor; without torchvision (which transformers' video processors need)
+        its image-only variant (:func:`image_only_processor`): images work, videos need torchvision."""
+        import importlib.util
+
+        if importlib.util.find_spec("torchvision") is not None:
+            return super().load_processor(model_id, revision)
+        return image_only_processor(self.processor_class()).from_pretrained(model_id, revision=revision,
+                                                                              local_files_only=True)
+
     def prompt_text(self, processor, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -345,6 +358,36 @@ class QwenVLFamily(ModelFamily):
     def tiny_pixels(self) -> int:
         return TINY_PATCH
 
+    def tiny_processor(self, max_tiles: int = 6):
+        """The family's transformers processor (image part) with Qwen2-VL's image processor at the tiny
+        twin's 2 px patches and 2 x 2 merge (images resized to between 16 x 16 and 48 x 48 px, so at most
+        144 tokens), around the tiny tokenizer; ``max_tiles`` is ignored (no tiles)."""
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        from d2pruner.models.tiny_parts import tiny_tokenizer
+
+        images = Qwen2VLImageProcessorPil(patch_size=TINY_PATCH, temporal_patch_size=2, merge_size=2,
+                                          size={"shortest_edge": 16 * 16, "longest_edge": 48 * 48})
+        return image_only_processor(self.processor_class())(image_processor=images, tokenizer=tiny_tokenizer(),
+                                                            chat_template=_QWEN_TEMPLATE)
+
+
+_IMAGE_ONLY: dict = {}
+
+
+def image_only_processor(base: type) -> type:
+    """``base`` (a Qwen-VL processor class) without its video processor, whose class check needs
+    torchvision (not installed on CPU machines, see docs/evaluation.md); the image path is the same."""
+    if base not in _IMAGE_ONLY:
+        class ImageOnly(base):
+            @classmethod
+            def get_attributes(cls):
+                return ["image_processor", "tokenizer"]
+
+        ImageOnly.__name__ = ImageOnly.__qualname__ = f"ImageOnly{base.__name__}"
+        _IMAGE_ONLY[base] = ImageOnly
+    return _IMAGE_ONLY[base]
+
 
 class Qwen25VLFamily(QwenVLFamily):
     name = "qwen2_5_vl"
@@ -357,6 +400,11 @@ class Qwen25VLFamily(QwenVLFamily):
         from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel
 
         return Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel
+
+    def processor_class(self):
+        from transformers import Qwen2_5_VLProcessor
+
+        return Qwen2_5_VLProcessor
 
     def full_size_config(self, attn_implementation: str):
         from transformers import Qwen2_5_VLConfig
@@ -394,6 +442,11 @@ class Qwen3VLFamily(QwenVLFamily):
         from transformers import Qwen3VLForConditionalGeneration, Qwen3VLModel
 
         return Qwen3VLForConditionalGeneration, Qwen3VLModel
+
+    def processor_class(self):
+        from transformers import Qwen3VLProcessor
+
+        return Qwen3VLProcessor
 
     def full_size_config(self, attn_implementation: str):
         from transformers import Qwen3VLConfig

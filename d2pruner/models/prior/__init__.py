@@ -9,6 +9,9 @@ One value per position of the family's prior block (``ModelFamily.prior_block``)
 * LLaVA-1.5: one value per grid position (24x24 = 576).
 * InternVL-2.5: one value per tile position (16x16 = 256), averaged over every tile and thumbnail of
   every image (each tile counts once); the same values then apply to every tile and to the thumbnail.
+* Qwen2.5-VL / Qwen3-VL: one value per cell of a fixed 24x24 grid over normalised image positions;
+  each image's (or frame group's) attention map is resampled onto it before averaging, and the grid
+  is resampled back to each view's size when applied (``ModelFamily.prior_blocks`` / ``expand_prior``).
 
 :func:`measure` runs the whole measurement for any registered model family (the command line and
 the smoke runs of ``python -m reproduce`` both use it). Command line (real checkpoints from the
@@ -182,11 +185,14 @@ class PriorAccumulator:
             self.blocks, self.done = int(state["blocks"]), list(state["done"])
             self.skipped = dict(state.get("skipped", {}))
 
-    def add(self, key: str, row: torch.Tensor) -> None:
-        """Add one image's visual attention row (a whole number of blocks) under a unique key."""
+    def add(self, key: str, row: torch.Tensor | np.ndarray) -> None:
+        """Add one image's visual attention row (a whole number of blocks), or its blocks already
+        shaped (blocks, block) by the family, under a unique key."""
         if key in self.done:
             return
-        values = row.double().cpu().numpy()
+        values = row.double().cpu().numpy() if isinstance(row, torch.Tensor) else np.asarray(row, dtype=np.float64)
+        if values.ndim == 2 and values.shape[1] != self.block:
+            raise ValueError(f"image {key!r}: blocks of {values.shape[1]} positions, expected {self.block}")
         if values.size % self.block:
             raise ValueError(f"image {key!r}: {values.size} visual tokens are not a whole number of {self.block}-position blocks")
         self.total += values.reshape(-1, self.block).sum(axis=0)
@@ -255,11 +261,12 @@ def image_key(path: pathlib.Path) -> str:
 
 
 def compute(model, samples: Iterable[tuple[str, Callable[[], dict]]], *, prune_layer: int, find_items, block: int,
-            meta: dict, out: pathlib.Path, progress: bool = True) -> Prior:
+            meta: dict, out: pathlib.Path, progress: bool = True, blocks_of: Callable | None = None) -> Prior:
     """Measure a prior over ``samples`` = ``(key, make_inputs)`` of one image each; resumable via ``out``.
 
     ``make_inputs()`` builds the model inputs of that image; it is not called for images a previous,
-    interrupted run already added. An image whose ``make_inputs()`` raises :class:`UnreadableImage` is
+    interrupted run already added. ``blocks_of(row, layout)`` turns an image's row into prior blocks
+    (default: consecutive ``block``-position pieces; Qwen-VL resamples each view). An image whose ``make_inputs()`` raises :class:`UnreadableImage` is
     skipped with a :class:`SkippedImageWarning` naming it, and counted in the result's provenance
     (``n_skipped_images``, ``skipped_images``: key -> why); a resumed run tries it again.
     """
@@ -279,8 +286,8 @@ def compute(model, samples: Iterable[tuple[str, Callable[[], dict]]], *, prune_l
             warnings.warn(f"skipped: {err}", SkippedImageWarning, stacklevel=2)
             acc.skip(key, str(err))
             continue
-        (row, _), = attention_rows(model, inputs, prune_layer, find_items)
-        acc.add(key, row)
+        (row, layout), = attention_rows(model, inputs, prune_layer, find_items)
+        acc.add(key, row if blocks_of is None else blocks_of(row, layout))
     prior = acc.result(provenance())
     prior.save(out)
     acc.state_path.unlink(missing_ok=True)
@@ -294,16 +301,19 @@ def measure(model, processor, family, images: Iterable[tuple[str, Callable[[], A
     from d2pruner.models.loading import build_inputs
 
     hints: list = [None]
+    current: list = [None]  # the inputs being measured (families whose layout needs them: image grids)
 
     def find(ids, inputs=None):
-        return family.items(model, ids, hints[0], inputs)
+        return family.items(model, ids, hints[0], current[0] if inputs is None else inputs)
 
     def make_inputs(load):
         def build():
             image = load()
             hints[0] = family.item_hints(processor, [image], max_tiles)
-            return build_inputs(processor, family, image, prompt, max_tiles, model.device)
+            current[0] = build_inputs(processor, family, image, prompt, max_tiles, model.device)
+            return current[0]
         return build
 
     return compute(model, [(key, make_inputs(load)) for key, load in images], prune_layer=prune_layer, find_items=find,
-                   block=family.prior_block(model), meta=meta, out=out, progress=progress)
+                   block=family.prior_block(model), meta=meta, out=out, progress=progress,
+                   blocks_of=lambda row, layout: family.prior_blocks(model, row, layout))
