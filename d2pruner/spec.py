@@ -527,7 +527,8 @@ def decide_edges(cosine: Any, adjacent: Any, config: D2PrunerConfig, bound: floa
     else:
         import torch
 
-        t = torch.where(adjacent, t_adj, t_apart).to(cosine.dtype)
+        t = torch.where(adjacent, torch.tensor(t_adj, dtype=cosine.dtype, device=cosine.device),
+                        torch.tensor(t_apart, dtype=cosine.dtype, device=cosine.device))  # t in the cosine's own precision
     edge = cosine > t
     # |cos| <= 1 + bound, so only a t with |t| < 2 can be near; 3 * bound covers the ulp of float(t).
     return edge, abs(cosine - t) <= 3.0 * bound

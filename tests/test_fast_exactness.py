@@ -207,3 +207,23 @@ def test_blocked_graph_equals_the_exact_rule(block, cases):
         n = case.n_tokens
         assert np.array_equal(graph[i, :n, :n].numpy(), exact_adjacency(case))
         assert not graph[i, n:].any() and not graph[i, :, n:].any(), "an edge touches padding"
+
+
+def test_threshold_is_compared_in_the_cosines_precision():
+    """With w = 0.5 an adjacent pair is joined iff cos > 0.6000000000000000888 (exact t); 0.60000001 is
+    above it but below float32's 0.6 (0.6000000238): the float64 stage must not round t to float32."""
+    c = 0.60000001
+    feats = np.array([[1.0, 0.0], [c, np.sqrt(1.0 - c * c)]])
+    cfg = D2PrunerConfig.for_localization(pivot_ratio=0.0)
+    for backend in ("reference", "fast"):
+        sel = select_tokens(np.array([0.5, 0.25]), feats, TokenLayout.grid(1, 2), 2, config=cfg, backend=backend)
+        assert sel.counts() == {"pivot": 0, "mis": 1, "topup": 1}, f"{backend}: {sel}"
+
+
+def test_padding_may_hold_anything():
+    feats, valid = fast.pack([torch.tensor(ISSUE_FEATURES), torch.ones(2, 3)])
+    feats[1, 2:] = float("nan")
+    lay, _ = fast.pack([torch.tensor(TokenLayout.grid(2, 3).as_array()), torch.tensor(TokenLayout.grid(1, 2).as_array())])
+    attn, _ = fast.pack([torch.tensor(ISSUE_ATTN), torch.tensor([0.5, 0.25])])
+    out = fast.select_tokens(attn, None, feats, lay, [4, 1], valid=valid).to_list()
+    assert out[0].kept.tolist() == [0, 1, 3, 4] and out[1].kept.tolist() == [0]

@@ -44,7 +44,7 @@ def _unit_rows(features: torch.Tensor, valid: torch.Tensor | None) -> tuple[torc
     for lo in range(0, n, rows):
         x = _scaled(features[:, lo:lo + rows], None)  # (B, C, D) float64
         if valid is not None:
-            x = x * valid[:, lo:lo + rows, None]
+            x = torch.where(valid[:, lo:lo + rows, None], x, 0.0)  # padding rows become 0, whatever they hold
         e = power_of_two_scale(x.abs().amax(dim=-1))  # (B, C)
         x = _scaled(x, e)
         nrm = torch.linalg.vector_norm(x, dim=-1)  # (B, C)
