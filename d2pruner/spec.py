@@ -440,16 +440,16 @@ def cosine_thresholds(config: D2PrunerConfig) -> tuple[Any, Any]:
 
 def cosine_error_bound(d: int, unit_roundoff: float) -> float:
     """A bound on ``|computed cos - exact cos|`` when rows of width ``d`` are scaled by
-    :func:`power_of_two_scale`, normalised in float64 and multiplied in an arithmetic of the given unit
-    roundoff (2**-53 for float64, 2**-24 for float32): twice the classical dot-product bound
-    ``(d + 8) * u`` (the ``+ 8`` covers the normalisation and the float32 cast of unit rows).
+    :func:`power_of_two_scale`, normalised and multiplied in an arithmetic of unit roundoff at most
+    ``unit_roundoff`` (2**-53 for float64, 2**-24 for float32): ``4 (d + 8) u``, twice the sum of the
+    classical bounds of the normalisation (``(d + 4) u``) and of the dot product (``d u / (1 - d u)``).
 
     Examples
     --------
     >>> cosine_error_bound(3, FLOAT64_ROUNDOFF) < 1e-14, round(cosine_error_bound(4096, 2.0 ** -24), 6)
-    (True, 0.000489)
+    (True, 0.000978)
     """
-    return 2.0 * (int(d) + 8) * float(unit_roundoff) + 1e-30
+    return 4.0 * (int(d) + 8) * float(unit_roundoff) + 1e-30
 
 
 def power_of_two_scale(max_abs: Any) -> Any:

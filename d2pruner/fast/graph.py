@@ -4,7 +4,7 @@ Shape legend: B items, N padded tokens, C rows of one block, D feature width, P 
 
 The edge rule is decided exactly, as the reference decides it (:func:`d2pruner.spec.decide_edges`):
 
-1. every row is scaled by a power of two and normalised in float64, then cast to float32 unit rows;
+1. every row is scaled by a power of two (exact) and normalised to a float32 unit row;
 2. similarities of one block of rows against the rows after it come from one float32 matmul
    (only the upper triangle: each unordered pair once, mirrored, so the graph is symmetric by
    construction and the matmul does half the work of ``X @ X^T``);
@@ -33,38 +33,36 @@ def _matmul_roundoff() -> float:
     return {"highest": 2.0 ** -24, "high": 2.0 ** -11}.get(torch.get_float32_matmul_precision(), 2.0 ** -8)
 
 
-def _unit_rows(features: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(unit, exponent, norm)``: float32 unit rows (B, N, D); the power-of-two exponent (B, N) and the
-    float64 norm (B, N) of each scaled row. Converted to float64 a block of rows at a time."""
+def _unit_rows(features: torch.Tensor) -> torch.Tensor:
+    """Float32 unit rows (B, N, D): each row scaled by a power of two (exact), then normalised, in float32
+    (float64 for float64 features, whose values may lie beyond float32's range). A block of rows at a
+    time, four passes over it; padding rows are left as they come (the graph never reads them)."""
     b, n, d = features.shape
+    dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+    top = 1022 if dtype == torch.float64 else 126  # largest power of two the dtype holds, with a margin
     unit = torch.empty(b, n, d, dtype=torch.float32, device=features.device)  # (B, N, D)
-    exponent = torch.zeros(b, n, dtype=torch.int32, device=features.device)  # (B, N)
-    norm = torch.zeros(b, n, dtype=torch.float64, device=features.device)  # (B, N)
     rows = max(1, BLOCK_ELEMENTS // max(1, b * d))
     for lo in range(0, n, rows):
-        x = _scaled(features[:, lo:lo + rows], None)  # (B, C, D) float64
-        if valid is not None:
-            x = torch.where(valid[:, lo:lo + rows, None], x, 0.0)  # padding rows become 0, whatever they hold
-        e = power_of_two_scale(x.abs().amax(dim=-1))  # (B, C)
-        x = _scaled(x, e)
-        nrm = torch.linalg.vector_norm(x, dim=-1)  # (B, C)
-        unit[:, lo:lo + rows] = (x / nrm.clamp(min=NORM_EPS)[..., None]).to(torch.float32)
-        exponent[:, lo:lo + rows], norm[:, lo:lo + rows] = e, nrm
-    return unit, exponent, norm
+        x = features[:, lo:lo + rows].to(dtype)  # (B, C, D); no copy for float32
+        e = power_of_two_scale(torch.linalg.vector_norm(x, ord=float("inf"), dim=-1))  # (B, C): largest entry
+        y = x * torch.exp2((-e).clamp(max=top).to(dtype))[..., None]  # (B, C, D), largest entry in [0.5, 1)
+        y /= torch.linalg.vector_norm(y, dim=-1).clamp(min=NORM_EPS)[..., None]
+        unit[:, lo:lo + rows] = y  # float32
+    return unit
 
 
-def _scaled(x: torch.Tensor, e: torch.Tensor | None) -> torch.Tensor:
-    """``x * 2**-e`` in float64, exactly (two factors, so neither 2**-e half overflows)."""
+def _scaled(x: torch.Tensor) -> torch.Tensor:
+    """Rows ``x`` (P, D) in float64 times a power of two that brings each largest entry into [0.5, 1), exactly
+    (two factors, so that neither half of 2**-e overflows)."""
     x = x.to(torch.float64)
-    if e is None:
-        return x
-    half = torch.div(e, 2, rounding_mode="floor")[..., None].to(torch.float64)  # (..., 1)
-    return x * torch.exp2(-half) * torch.exp2(-(e[..., None].to(torch.float64) - half))
+    e = power_of_two_scale(torch.linalg.vector_norm(x, ord=float("inf"), dim=-1)).to(torch.float64)[:, None]  # (P, 1)
+    half = torch.floor(e / 2)
+    return x * torch.exp2(-half) * torch.exp2(-(e - half))
 
 
 def cosine_similarity(features: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Pairwise cosine similarity per item, norms clamped at :data:`d2pruner.spec.NORM_EPS` (float32,
-    rows scaled by a power of two and normalised in float64 first, so no norm overflows).
+    rows scaled by a power of two first, so no norm overflows).
 
     Parameters
     ----------
@@ -80,12 +78,15 @@ def cosine_similarity(features: torch.Tensor, valid: torch.Tensor | None = None)
     >>> cosine_similarity(torch.tensor([[[1.0, 0.0], [1.0, 1.0]]], dtype=torch.float64)).double().round(decimals=4).tolist()
     [[[1.0, 0.7071], [0.7071, 1.0]]]
     """
-    unit, _, _ = _unit_rows(features, valid)  # (B, N, D)
+    unit = _unit_rows(features)  # (B, N, D)
     gram = torch.bmm(unit, unit.transpose(1, 2))  # (B, N, N)
-    return torch.triu(gram) + torch.triu(gram, diagonal=1).transpose(1, 2)  # the upper triangle, mirrored
+    gram = torch.triu(gram) + torch.triu(gram, diagonal=1).transpose(1, 2)  # the upper triangle, mirrored
+    if valid is not None:
+        gram = gram.masked_fill(~(valid[:, :, None] & valid[:, None, :]), 0.0)  # (B, N, N)
+    return gram
 
 
-def _settle(features, exponent, norm, bi, ii, jj, adjacent, config, bound64) -> torch.Tensor:
+def _settle(features, bi, ii, jj, adjacent, config, bound64) -> torch.Tensor:
     """Edges of the P listed pairs ``(bi, ii, jj)``: float64 cosines, then the exact rule where those are
     within ``bound64`` of the threshold (on the host, pair by pair: rare)."""
     d = features.shape[-1]
@@ -94,9 +95,9 @@ def _settle(features, exponent, norm, bi, ii, jj, adjacent, config, bound64) -> 
     thresholds = cosine_thresholds(config)
     for lo in range(0, bi.shape[0], chunk):
         b, i, j = bi[lo:lo + chunk], ii[lo:lo + chunk], jj[lo:lo + chunk]  # (P',)
-        xi = _scaled(features[b, i], exponent[b, i])  # (P', D) float64
-        xj = _scaled(features[b, j], exponent[b, j])  # (P', D)
-        cos = (xi * xj).sum(dim=-1) / (norm[b, i].clamp(min=NORM_EPS) * norm[b, j].clamp(min=NORM_EPS))  # (P',)
+        xi, xj = _scaled(features[b, i]), _scaled(features[b, j])  # (P', D) float64 each
+        norms = torch.linalg.vector_norm(xi, dim=-1).clamp(min=NORM_EPS) * torch.linalg.vector_norm(xj, dim=-1).clamp(min=NORM_EPS)
+        cos = (xi * xj).sum(dim=-1) / norms  # (P',) float64
         adj = None if adjacent is None else adjacent[lo:lo + chunk]
         edge, unsure = decide_edges(cos, adj, config, bound64)
         for k in unsure.nonzero()[:, 0].tolist():  # host sync; pairs within ~1e-12 of the threshold
@@ -138,7 +139,7 @@ def hybrid_graph(features: torch.Tensor, layout: torch.Tensor, config: D2PrunerC
     member = torch.ones(b, n, dtype=torch.bool, device=device) if nodes is None else nodes.clone()  # (B, N)
     if valid is not None:
         member &= valid
-    unit, exponent, norm = _unit_rows(features, valid)  # (B, N, D) float32, (B, N), (B, N)
+    unit = _unit_rows(features)  # (B, N, D) float32
     bound32 = cosine_error_bound(d, _matmul_roundoff())
     bound64 = cosine_error_bound(d, FLOAT64_ROUNDOFF)
     v, r, c = layout.to(torch.int32).unbind(-1)  # each (B, N)
@@ -161,7 +162,7 @@ def hybrid_graph(features: torch.Tensor, layout: torch.Tensor, config: D2PrunerC
         bi, ii, jj = unsure.nonzero(as_tuple=True)  # host sync; (P,) each, block coordinates
         if bi.numel():
             adj = None if adjacent is None else adjacent[bi, ii, jj]
-            edge[bi, ii, jj] = _settle(features, exponent, norm, bi, ii + lo, jj + lo, adj, config, bound64)
+            edge[bi, ii, jj] = _settle(features, bi, ii + lo, jj + lo, adj, config, bound64)
         graph[:, lo:hi, lo:] = edge
         graph[:, lo:, lo:hi] |= edge.transpose(1, 2)  # the mirror image: one decision per unordered pair
     return graph

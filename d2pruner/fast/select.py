@@ -67,7 +67,8 @@ def validate_batch(attn, prior, features, layout, n_keep, valid, item_ids: Seque
     if prior is not None:
         p = prior.expand(b, n).to(attn.device)  # (B, N)
         bad |= ((~torch.isfinite(p) | (p <= 0)) & valid).any(dim=1)
-    bad |= (~torch.isfinite(features).all(dim=2) & valid).any(dim=1)  # (B, N, D) bools: no float copy
+    # The largest |entry| of a row is finite iff every entry is (NaN propagates): one reduction, no temporary.
+    bad |= (~torch.isfinite(torch.linalg.vector_norm(features, ord=float("inf"), dim=2)) & valid).any(dim=1)
     bad |= ((layout < 0).any(dim=2) & valid).any(dim=1)
     lengths = valid.sum(dim=1).tolist()  # host sync
     bad_items = bad.nonzero()[:, 0].tolist()  # host sync
