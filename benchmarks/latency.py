@@ -33,10 +33,8 @@ def make_inputs(family, model, image_token: int, tiles: int, device: str, text: 
     """One prompt of ``text`` random words around one random image of ``tiles`` tiles, and its hint."""
     gen = torch.Generator().manual_seed(0)
     words = torch.randint(3, 1000 if image_token > 1000 else image_token - 1, (text,), generator=gen)
-    n_img, pixels, hint = family.synthetic_image(model, tiles, gen)
-    ids = torch.cat([torch.tensor([1]), words[: text // 2], torch.full((n_img,), image_token), words[text // 2:]])[None]
-    batch = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device), "pixel_values": pixels.to(device)}
-    return batch, hint
+    batch, hint = family.synthetic_inputs(model, tiles, gen, words)
+    return {k: v.to(device) for k, v in batch.items()}, hint
 
 
 class Timer:

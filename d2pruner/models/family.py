@@ -10,7 +10,7 @@ files are discovered on first use (every module of :mod:`d2pruner.models` is imp
 family is one file plus its FLOPs config under ``d2pruner/data``.
 
 >>> sorted(family_names())
-['internvl', 'llava']
+['internvl', 'llava', 'qwen2_5_vl', 'qwen3_vl']
 >>> get_family("internvl").refusal(__import__("d2pruner.methods", fromlist=["x"]).get_method("visionzip"))[:44]
 'visionzip needs the [CLS] attention of the v'
 >>> get_family("llava").checkpoint
@@ -184,6 +184,16 @@ class ModelFamily:
         """``(visual tokens, pixel_values, hint)`` of one random image of ``tiles`` tiles (families
         without tiles ignore ``tiles``), for benchmarks and tests."""
         raise NotImplementedError
+
+    def synthetic_inputs(self, model: torch.nn.Module, tiles: int, generator: torch.Generator,
+                         words: torch.Tensor) -> tuple[dict, Any]:
+        """``(batch, hint)``: one prompt of ``words`` (1-D token ids) around one random image of ``tiles``
+        tiles (:meth:`synthetic_image`), as the model's forward takes it, for benchmarks."""
+        n_img, pixels, hint = self.synthetic_image(model, tiles, generator)
+        half = len(words) // 2
+        ids = torch.cat([torch.tensor([1]), words[:half], torch.full((n_img,), int(model.config.image_token_id)),
+                         words[half:]])[None]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}, hint
 
     #: Benchmark cases: budgets (None = unpruned) and tile counts (full size, smoke).
     latency_budgets: ClassVar[tuple] = (None,)

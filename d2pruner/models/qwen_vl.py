@@ -345,14 +345,25 @@ class QwenVLFamily(ModelFamily):
         return processor(text=prompts, images=[im.convert("RGB") for im in images], padding=True, return_tensors="pt",
                          return_mm_token_type_ids=True, **kwargs)
 
+    latency_budgets = (None, 1.0, 0.25, 0.1)
+    latency_tiles = ((1, 2, 4), (1,))  # image sides of 32, 64, 128 patches: 256, 1024, 4096 tokens
+
     def synthetic_image(self, model, tiles: int, generator: torch.Generator):
-        """A square image of the checkpoint's default size class: 28 x 28 merged tokens (a 784 x 784 px
-        image for Qwen2.5-VL); ``tiles`` scales its side."""
+        """A square image of 32 x 32 patches (16 x 16 = 256 merged tokens; a 448 x 448 px image for
+        Qwen2.5-VL); ``tiles`` scales its side. The hint is its grid (t, h, w)."""
         vc = model.config.vision_config
-        side = 56 * max(1, int(tiles))  # patches per side (merged: side / 2)
+        side = 32 * max(1, int(tiles))  # patches per side (merged: side / 2)
         per_patch = int(vc.in_channels) * int(vc.temporal_patch_size) * int(vc.patch_size) ** 2
         pixels = torch.randn(side * side, per_patch, generator=generator)
-        return (side // self.merge(model)) ** 2, pixels, torch.tensor([[1, side, side]])
+        return (side // self.merge(model)) ** 2, pixels, (1, side, side)
+
+    def synthetic_inputs(self, model, tiles: int, generator: torch.Generator, words: torch.Tensor):
+        """The prompt with vision start/end tokens, the image grid and the token types; no hint (the
+        grids travel with the inputs)."""
+        _, pixels, grid = self.synthetic_image(model, tiles, generator)
+        half = len(words) // 2
+        batch = tiny_inputs(model, [grid], before=[1] + words[:half].tolist(), after=words[half:].tolist())
+        return {**batch, "pixel_values": pixels}, None
 
     # -- tiny twin -------------------------------------------------------------------------------------
     def tiny_pixels(self) -> int:
