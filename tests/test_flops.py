@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from d2pruner.flops import (CONVENTIONS, FASTV, Convention, LMDims, decode_step_flops, layer_flops, paper_config,
                             prefill_flops, reduction, vision_flops)
+from d2pruner.flops import qwen_vision_flops as vision_flops_qwen
 from reproduce import efficiency
 
 TINY = LMDims(layers=3, hidden=8, intermediate=12, heads=4, kv_heads=2, head_dim=2, vocab=50)
@@ -112,3 +113,29 @@ def test_efficiency_command_writes_tables_that_match_the_counts(tmp_path, capsys
     assert [r["schedule"].startswith("unreachable") for r in methods if r["method"] == "PyramidDrop"] == [False, True, True]
     assert sorted({r["method"] for r in methods}) == sorted(["unpruned", *efficiency.TABLE_METHODS])
     assert all(r["TFLOPs"] for r in methods if r["method"] == "SparseVLM")  # reachable at 192, 128 and 64
+    # the Qwen checkpoints: named in the output, D2Pruner rows, vision tower, per-method rows that add up
+    out = capsys.readouterr().out
+    assert "Qwen2.5-VL-7B = `Qwen/Qwen2.5-VL-7B-Instruct`" in out and "Qwen3-VL-8B = `Qwen/Qwen3-VL-8B-Instruct`" in out
+    assert {r["budget"] for r in rows if r["model"].startswith("Qwen")} == {
+        f"{b}/576 ({px} px)" for b in (192, 128, 64) for px in (672, 768)}
+    vision = {r["model"]: r for r in csv.DictReader(open(tmp_path / "qwen_vision.csv"))}
+    assert sorted(vision) == ["Qwen2.5-VL-7B", "Qwen3-VL-8B"]
+    qwen = list(csv.DictReader(open(tmp_path / "qwen_methods.csv")))
+    for family, model_id in (("qwen2_5_vl", "Qwen/Qwen2.5-VL-7B-Instruct"), ("qwen3_vl", "Qwen/Qwen3-VL-8B-Instruct")):
+        name = efficiency.MODEL_NAMES[family]
+        cfg = paper_config(model_id)
+        dims = LMDims.from_config(cfg)
+        vis = vision_flops_qwen(cfg["vision_config"], (1, 48, 48))
+        assert float(vision[name]["total_GFLOPs"]) == round(vis / 1e9, 2)
+        mine = [r for r in qwen if r["model"] == name]
+        assert sorted({r["method"] for r in mine}) == sorted(["unpruned", *efficiency.TABLE_METHODS])
+        d2 = next(r for r in mine if r["method"] == "D2Pruner" and r["budget"] == "64")
+        llm = prefill_flops(dims, 64, [(0, 576), (2, 64)])
+        assert d2["schedule"] == "[(0, 576), (2, 64)]" and float(d2["LLM_TFLOPs"]) == round(llm / 1e12, 4)
+        full = prefill_flops(dims, 64, [(0, 576)]) + vis
+        assert float(d2["total_reduction"]) == round(reduction(llm + vis, full), 2)
+        refused = {r["method"] for r in mine if r["schedule"].startswith("refused")}
+        assert refused == {"VisionZip", "CDPruner"} and all(r["vision_TFLOPs"] for r in mine)
+        pyramid = [r["schedule"].split(":")[0] for r in mine if r["method"] == "PyramidDrop"]
+        assert pyramid == [f"[(0, 576), ({dims.layers // 4}, 110), ({dims.layers // 2}, 55), ({3 * dims.layers // 4}, 28)]",
+                           "unreachable", "unreachable"]
