@@ -82,6 +82,15 @@ MUTANTS = {
         "d2pruner/methods/mmr.py", "score = lam * imp - (1.0 - lam) * max_sim", "score = lam * imp - 0.0 * max_sim"),
     "baselines: DART pivots by the smallest key norms": (
         "d2pruner/methods/dart.py", "img_piv = rank_order(key_norms.double())", "img_piv = rank_order(-key_norms.double())"),
+    "baselines: DART pivots walked in list order, not the public code's set order": (
+        "d2pruner/methods/dart.py", "return [turn[p] for p in list(set(walk))]", "return [turn[p] for p in walk]"),
+    "baselines: DART pivots walked by ascending position": (
+        "d2pruner/methods/dart.py", "return [turn[p] for p in list(set(walk))]", "return [turn[p] for p in sorted(set(walk))]"),
+    "baselines: DART method defaults to the key-norm pivot order": (
+        "d2pruner/methods/dart.py", '    pivot_order: str = "public"\n', '    pivot_order: str = "norm"\n'),
+    "models: DART pivot positions counted with the left padding": (
+        "d2pruner/models/probes.py",
+        "real = index if handle.mask2d is None else handle.mask2d[i].long().cumsum(0)[index] - 1", "real = index"),
     "models: pre-LLM pruning keeps the original positions": (
         "d2pruner/models/cutting.py", "new_pos = (pos_ids - dropped_before).clamp(min=0).gather(1, index)",
         "new_pos = pos_ids.gather(1, index)"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -189,7 +190,8 @@ def test_dart_keeps_the_key_norm_pivots_and_claims_the_least_similar(data, n_img
     feats, scores, n_keep = data
     f, norms, k = feats[0], scores[0], n_keep[0]
     text = feats[-1][:3] + 0.5  # (T, D) text hidden states
-    kept, pivots = dart_selection(f, norms, k, text, torch.arange(len(text), dtype=torch.float64), n_img, n_txt)
+    kept, pivots = dart_selection(f, norms, k, text, torch.arange(len(text), dtype=torch.float64), n_img, n_txt,
+                                  pivot_order="norm")
     assert len(kept) == k and kept == sorted(set(kept))
     s = norms.tolist()
     assert pivots == sorted(range(len(s)), key=lambda j: (-s[j], j))[: min(n_img, k)]
@@ -204,6 +206,123 @@ def test_dart_keeps_the_key_norm_pivots_and_claims_the_least_similar(data, n_img
     if quota < len(sims):
         assume(sims[quota][0] - sims[quota - 1][0] > 1e-9)  # no near-tie at the boundary of the share
     assert {i for _, i in sims[:quota]} <= set(kept), "the first pivot did not claim its least similar tokens"
+
+
+def _dart_reference(f, text, img_piv, txt_piv, n_keep, turns):
+    """DART's claims written out plainly: the visual pivots ``img_piv`` are kept; the pivots (``img_piv``
+    then ``txt_piv``, as rows of ``f`` and ``text``) take turns in the order ``turns`` (indices into that
+    list), the j-th turn claiming its share (the remainder to the first turns) of the unkept visual
+    tokens least cosine-similar to it, ties to the lower index."""
+    vecs = [f[i] for i in img_piv] + [text[j] for j in txt_piv]
+    unit_f = f / np.linalg.norm(f, axis=1, keepdims=True)
+    kept = list(img_piv)
+    rest = n_keep - len(kept)
+    for j, t in enumerate(turns):
+        quota = rest // len(turns) + (1 if j < rest % len(turns) else 0)
+        sims = sorted((float(unit_f[i] @ (vecs[t] / np.linalg.norm(vecs[t]))), i) for i in range(len(f)) if i not in kept)
+        kept += [i for _, i in sims[:quota]]
+    return sorted(kept)
+
+
+def test_dart_public_pivot_order_is_the_iteration_order_of_a_set_of_positions():
+    """The public code walks ``list(set(image_positions + text_positions))``. Worked by hand on CPython's
+    table (8 slots while the set is this small; an int hashes to itself; slot = hash & 7; on a taken
+    slot the next one is ``(5 * slot + 1) & 7`` here, since the perturbation ``hash >> 5`` is 0):
+    {10, 5, 12} -> slots 2, 5, 4, walked as 10, 12, 5; {13, 5, 21} -> 13 in slot 5, 5 collides and
+    goes to slot 2, 21 collides with 13, then with 5, and goes to slot 3: walked as 5, 21, 13."""
+    from d2pruner.methods.dart import public_pivot_order
+
+    assert public_pivot_order([10, 5], [12]) == [0, 2, 1]
+    assert public_pivot_order([13, 5], [21]) == [1, 2, 0]
+    # LLaVA-1.5 sized: 576 visual tokens from position 35, the question after them; 8 pivots, the set grows
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        img = (35 + rng.choice(576, 4, replace=False)).tolist()
+        txt = (611 + rng.choice(30, 4, replace=False)).tolist()
+        walk = list(set(img + txt))
+        assert [(img + txt)[j] for j in public_pivot_order(img, txt)] == walk
+    with pytest.raises(ValueError, match="distinct"):
+        public_pivot_order([3, 4], [3])
+
+
+def test_dart_public_order_decides_the_kept_set_by_hand():
+    """Two visual pivots (tokens 5 and 0, at positions 10 and 5) and one text pivot (position 12) claim
+    one token each from tokens 1-4 (= e1..e4). Pivot 5 (-e1) claims token 1 in either order. Token 0
+    (-e2 - e3/2) and the text pivot (-e2 - e4/2) both want token 2 first: in key-norm order token 0 wins
+    it and the text pivot takes token 4 (token 3 dropped); in the public order 10, 12, 5 the text pivot
+    wins it and token 0 takes token 3 (token 4 dropped)."""
+    from d2pruner.methods import dart_selection
+
+    e = np.eye(4)
+    f = torch.tensor(np.stack([-e[1] - e[2] / 2, e[0], e[1], e[2], e[3], -e[0]]))
+    norms = torch.tensor([5.0, 1.0, 1.0, 1.0, 1.0, 9.0], dtype=torch.float64)
+    text = torch.tensor(np.stack([e[0], -e[1] - e[3] / 2]))
+    text_norms = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    args = (f, norms, 5, text, text_norms, 2, 1)
+    public = dart_selection(*args, positions=torch.arange(5, 11), text_positions=torch.tensor([11, 12]))
+    assert public == ([0, 1, 2, 3, 5], [5, 0])
+    assert dart_selection(*args, pivot_order="norm") == ([0, 1, 2, 4, 5], [5, 0])
+    # the default is the public order, which needs the positions
+    with pytest.raises(ValueError, match="positions"):
+        dart_selection(*args)
+    with pytest.raises(ValueError, match="pivot_order"):
+        dart_selection(*args, pivot_order="sorted")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dart_public_order_on_a_llava_sized_prompt(seed):
+    """576 visual tokens at positions 35..610, 20 question tokens after them, budget 64: the kept set is
+    the claims walked in ``list(set(...))`` of the 8 pivots' positions (built as the public code builds
+    it), and on these inputs it differs from the claims walked in key-norm order."""
+    from d2pruner.methods import dart_selection
+
+    rng = np.random.default_rng(seed)
+    n, t, start, n_keep = 576, 20, 35, 64
+    f, text = rng.normal(size=(n, 3)), rng.normal(size=(t, 3))  # few dimensions: the pivots' claims overlap
+    norms, text_norms = rng.random(n), rng.random(t)
+    img_piv = np.argsort(-norms, kind="stable")[:4].tolist()
+    txt_piv = np.argsort(-text_norms, kind="stable")[:4].tolist()
+    positions = [start + i for i in img_piv] + [start + n + j for j in txt_piv]
+    walk = list(set(positions))
+    turns = [positions.index(p) for p in walk]
+    assert turns != list(range(8))
+    want = _dart_reference(f, text, img_piv, txt_piv, n_keep, turns)
+    kept, pivots = dart_selection(torch.tensor(f), torch.tensor(norms), n_keep, torch.tensor(text), torch.tensor(text_norms),
+                                  positions=torch.arange(start, start + n), text_positions=torch.arange(start + n, start + n + t))
+    assert pivots == img_piv and len(kept) == n_keep
+    assert kept == want
+    assert kept != _dart_reference(f, text, img_piv, txt_piv, n_keep, list(range(8))), "the two orders agree here"
+
+
+def test_dart_method_walks_the_public_order_by_default_and_items_select_alone():
+    """The method object passes each item's positions (public order by default; ``pivot_order="norm"``
+    keeps the key-norm order); a batch keeps what each item keeps alone."""
+    from d2pruner.methods import dart_selection, get_method
+    from d2pruner.methods.base import ItemInputs
+    from d2pruner.spec import TokenLayout
+
+    rng = np.random.default_rng(3)
+    items = []
+    for start, n, t in [(35, 576, 20), (12, 144, 7)]:
+        f = torch.tensor(rng.normal(size=(n, 3)))
+        items.append(ItemInputs(attn=None, features=f, layout=TokenLayout.grid(1, n), prior=None,
+                                key_norms=torch.tensor(rng.random(n)), text_key_norms=torch.tensor(rng.random(t)),
+                                text_features=torch.tensor(rng.normal(size=(t, 3))), normed_features=f,
+                                positions=torch.arange(start, start + n),
+                                text_positions=torch.arange(start + n, start + n + t)))
+    budgets = [64, 30]
+    for order in ("public", "norm"):
+        method = get_method("dart", pivot_order=order)
+        together = [s.kept.tolist() for s in method.select(items, budgets)]
+        assert together == [method.select([it], [k])[0].kept.tolist() for it, k in zip(items, budgets)]
+        assert together == [dart_selection(it.normed_features, it.key_norms, k, it.text_features, it.text_key_norms,
+                                           positions=it.positions, text_positions=it.text_positions,
+                                           pivot_order=order)[0] for it, k in zip(items, budgets)]
+    assert get_method("dart").pivot_order == "public"
+    assert [s.kept.tolist() for s in get_method("dart").select(items, budgets)] != \
+        [s.kept.tolist() for s in get_method("dart", pivot_order="norm").select(items, budgets)]
+    with pytest.raises(ValueError, match="pivot_order"):
+        get_method("dart", pivot_order="sorted")
 
 
 @given(batch(max_n=24), st.integers(0, 3))

@@ -49,9 +49,11 @@ class Need(str, enum.Enum):
       over heads; exists only inside the LLM.
     * ``PRIOR`` -- ``prior``: the positional-bias prior, one value per visual token (``None`` when the
       user gives none; the method then runs un-debiased).
-    * ``KEYS`` -- ``key_norms``, ``text_key_norms``, ``normed_features``, ``text_features``: L1 norms of
-      the keys of the layer before the cut (after RoPE), and the hidden states after the LLM's final
-      norm, of the visual tokens and of the real text tokens after the item's image.
+    * ``KEYS`` -- ``key_norms``, ``text_key_norms``, ``normed_features``, ``text_features``,
+      ``positions``, ``text_positions``: L1 norms of the keys of the layer before the cut (after RoPE),
+      the hidden states after the LLM's final norm, and the sequence positions (counted over the
+      item's real tokens, 0 = its first), of the visual tokens and of the real text tokens after the
+      item's image.
     * ``VISION_FEATURES`` -- ``vision_features`` and ``project``: the visual tokens as the projector
       receives them, and the projector; before the LLM only.
     * ``CLS_ATTENTION`` -- ``cls_attention``, ``vision_keys``: the [CLS] attention and head-averaged keys
@@ -104,6 +106,8 @@ class ItemInputs:
     instruction: str | None = None  # Need.INSTRUCTION
     rater_attention: torch.Tensor | None = None  # (R, N)  Need.RATER_ATTENTION
     token_key: int | None = None  # Need.TOKEN_KEY
+    positions: torch.Tensor | None = None  # (N,) int64  Need.KEYS
+    text_positions: torch.Tensor | None = None  # (T,) int64  Need.KEYS
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -76,7 +76,8 @@ class Probe:
 class KeyNormProbe(Probe):
     """DART's inputs: layer K-1's key L1 norms (after the rotary embedding, as its KV cache holds them)
     and the hidden states entering layer K after the LLM's final norm (as DART's public code compares
-    them), of the visual tokens and of the real text tokens after the item's image (the question)."""
+    them), of the visual tokens and of the real text tokens after the item's image (the question), with
+    their sequence positions counted over the item's real tokens (DART's pivots take turns by them)."""
 
     need = Need.KEYS
 
@@ -97,8 +98,11 @@ class KeyNormProbe(Probe):
         if handle.mask2d is not None:
             text &= handle.mask2d[i, ctx.cur_index[i]].bool()
         text_slots = text.nonzero()[:, 0]  # (T,) real tokens after the image: the question
+        index = ctx.cur_index[i]  # (L_cur,) original positions, left padding included
+        real = index if handle.mask2d is None else handle.mask2d[i].long().cumsum(0)[index] - 1  # among real tokens
         return dict(key_norms=self.norms[i, slots], text_key_norms=self.norms[i, text_slots],
-                    text_features=self._features[i, text_slots], normed_features=self._features[i, slots])
+                    text_features=self._features[i, text_slots], normed_features=self._features[i, slots],
+                    positions=real[slots], text_positions=real[text_slots])
 
 
 class InstructionProbe(Probe):
