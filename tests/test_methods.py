@@ -173,13 +173,16 @@ def test_dart_in_the_model_reads_layer_k_minus_1_keys_and_the_question(family):
         feats = lm.norm(h_k)[0]  # (L, D)
     pos = (batch["input_ids"][0] == tiny.IMAGE_TOKEN).nonzero()[:, 0]
     after = torch.arange(int(pos.max()) + 1, batch["input_ids"].shape[1])
-    want, _ = dart_selection(feats[pos], norms[pos], 50, feats[after], norms[after])
+    want, _ = dart_selection(feats[pos], norms[pos], 50, feats[after], norms[after], positions=pos, text_positions=after)
     assert handle.stats[0].kept.tolist() == want
     # the tokens before the image (BOS, system prompt) never act as text pivots
     before = torch.arange(int(pos.min()))
     wrong, _ = dart_selection(feats[pos], norms[pos], 50, feats[torch.cat([before, after])],
-                              norms[torch.cat([before, after])])
+                              norms[torch.cat([before, after])], positions=pos, text_positions=torch.cat([before, after]))
     assert wrong != want, "with the tokens before the image as text pivots DART would keep other tokens"
+    # the pivots take turns as the public code walks them (a set of their positions), not by key norm
+    by_norm, _ = dart_selection(feats[pos], norms[pos], 50, feats[after], norms[after], pivot_order="norm")
+    assert by_norm != want, "on this prompt the key-norm order keeps the same tokens"
 
 
 def test_method_errors():
