@@ -28,12 +28,19 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import time
 from typing import Any
 
 import torch
 
-__all__ = ["GREEDY_KEYS", "SampleCache", "adapter_class", "manifest", "parse_budget", "uses_prior"]
+from reproduce.tasks.utils import REC_PROMPT
+
+#: A referring-expression request as the REC tasks write it; group 1 is the expression.
+_REC_REQUEST = re.compile(re.escape(REC_PROMPT).replace(r"\{\}", "(.*)", 1), re.DOTALL)
+
+__all__ = ["GREEDY_KEYS", "SampleCache", "adapter_class", "grounding_answer", "grounding_question", "manifest", "parse_budget",
+           "uses_prior"]
 
 #: The generation arguments a task may pass; anything else (sampling, beams) is refused.
 GREEDY_KEYS = {"until", "max_new_tokens", "temperature", "do_sample", "num_beams", "top_p", "top_k"}
@@ -232,6 +239,32 @@ def cut_at_stops(text: str, until: list[str]) -> str:
     return text[:end].strip()
 
 
+def grounding_question(family, context: str) -> str:
+    """The question the model is asked: a referring-expression request in the benchmarks' format
+    (InternVL-2.5's prompt, :data:`reproduce.tasks.utils.REC_PROMPT`) rewritten in the family's own
+    grounding format when it has one (:attr:`ModelFamily.grounding_template`); anything else as is.
+
+    >>> from d2pruner.models.family import get_family
+    >>> grounding_question(get_family("qwen2_5_vl"), REC_PROMPT.format("the red cup"))
+    'Locate "the red cup" in the image and output its bbox coordinates in JSON format.'
+    >>> grounding_question(get_family("internvl"), REC_PROMPT.format("the red cup")) == REC_PROMPT.format("the red cup")
+    True
+    """
+    if family.grounding_template is None:
+        return context
+    match = _REC_REQUEST.fullmatch(context)
+    return context if match is None else family.grounding_template.format(match.group(1))
+
+
+def grounding_answer(family, model, answer: str, inputs: dict, item: int) -> str:
+    """A grounding answer in the family's format as the benchmarks' tasks read one:
+    ``<box>[[x1, y1, x2, y2]]</box>`` in [0, 1000] (no box: the answer unchanged, which scores 0)."""
+    box = family.grounding_box(model, answer, inputs, item)
+    if box is None:
+        return answer
+    return "<box>[[" + ", ".join(f"{v:.1f}" for v in box) + "]]</box>"
+
+
 def load(pretrained: str, *, revision: str | None, dtype: str, device: str, attn_implementation: str, max_tiles: int):
     """``(model, processor, family name)`` for a checkpoint id in the local cache, or a tiny in-code model
     (``tiny_<family>``)."""
@@ -409,7 +442,7 @@ def _make_class():
                     raise ValueError(f"{task}/{split} doc {doc_id} has {len(visuals)} images; the paper's protocol "
                                      "has exactly one image per question")
                 images.append(visuals[0])
-                questions.append(context)
+                questions.append(grounding_question(self.family, context))
             context, gen_kwargs, _, doc_id, task, split = group[0][2].args
             until, max_new_tokens = _greedy_settings(gen_kwargs, f"{task} doc {doc_id}")
             if self.max_new_tokens_cap is not None:  # smoke runs: a random model never stops by itself
@@ -431,10 +464,13 @@ def _make_class():
             texts = tokenizer.batch_decode(new, skip_special_tokens=True)
             stats = handle.stats if handle is not None else [None] * len(group)
             records = []
-            for (_, key, request), text, st in zip(group, texts, stats):
-                _, _, _, doc_id, task, split = request.args
+            for item, ((_, key, request), text, st) in enumerate(zip(group, texts, stats)):
+                context, _, _, doc_id, task, split = request.args
+                answer = cut_at_stops(text, until)
+                if questions[item] != context:  # asked in the family's own grounding format: read it back
+                    answer = grounding_answer(self.family, self.model, answer, inputs, item)
                 record = {"key": key, "task": task, "split": split, "doc_id": int(doc_id),
-                          "answer": cut_at_stops(text, until), "raw": text, "run": RUN_ID}
+                          "answer": answer, "raw": text, "run": RUN_ID}
                 if st is not None:
                     record["visual_tokens"] = [int(st.n_visual_before), int(st.n_visual_after)]
                 records.append(record)

@@ -219,7 +219,7 @@ def table_qwen_methods(text: int = 64, convention: str = "exact") -> list[dict]:
     return rows
 
 
-#: The text tokens a table row's FLOPs are counted for (the visual tokens: :data:`reproduce.specs.ROW_VISUAL_TOKENS`).
+#: The text tokens a table row's FLOPs are counted for (the visual tokens: the family's ``row_visual_tokens``).
 ROW_TEXT_TOKENS = 64
 
 

@@ -28,13 +28,15 @@ def _natural(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-#: The tables: the spec files of :data:`SPECS`, in natural order (``table2`` before ``table10``).
-TABLES: tuple[str, ...] = tuple(sorted((p.stem for p in SPECS.glob("*.json")), key=_natural))
+def _order(path: pathlib.Path) -> tuple:
+    beyond = json.loads(path.read_text()).get("paper_file") is None
+    return beyond, _natural(path.stem)
 
-# FAMILY: the visual tokens a table row is counted for on the full-size model: LLaVA-1.5's 576;
-# InternVL-2.5 at 6 tiles + thumbnail (a typical 4:3 image; the real count varies per image). Budgets
-# given as a percentage are resolved against it, and the row's FLOPs are counted for it.
-ROW_VISUAL_TOKENS = {"llava": 576, "internvl": 256 * (6 + 1)}
+
+#: The tables: the spec files of :data:`SPECS`, the paper's first, each group in natural order
+#: (``table2`` before ``table10``), then the tables beyond the paper.
+TABLES: tuple[str, ...] = tuple(p.stem for p in sorted(SPECS.glob("*.json"), key=_order))
+
 
 
 def load_spec(table: str) -> dict:
@@ -59,7 +61,10 @@ def family_models() -> dict[str, str]:
 
 
 def paper_values(spec: dict) -> dict[tuple[str, str, str], float | None]:
-    """``(method, budget, benchmark) -> value`` from paper_tables (None where the paper's cell is unknown)."""
+    """``(method, budget, benchmark) -> value`` from paper_tables (None where the paper's cell is unknown);
+    empty for a table beyond the paper (``"paper_file": null``, with its ``beyond_paper`` note)."""
+    if spec["paper_file"] is None:
+        return {}
     with open(ROOT / spec["paper_file"], encoding="utf-8") as f:
         return {(r["method"], r["budget"], r["benchmark"]): None if r["value"] == "unknown" else float(r["value"])
                 for r in csv.DictReader(f)}
@@ -127,11 +132,15 @@ def _registered(key: str) -> bool:
 
 
 def row_visual_tokens(spec: dict) -> int:
-    """The visual tokens of a table row on the spec's full-size model (:data:`ROW_VISUAL_TOKENS`)."""
-    family = spec["model"]["family"]
-    if family not in ROW_VISUAL_TOKENS:
-        raise ValueError(f"no row visual token count for model family {family!r}; known: {', '.join(ROW_VISUAL_TOKENS)}")
-    return ROW_VISUAL_TOKENS[family]
+    """The visual tokens of a table row on the spec's full-size model: the family's
+    :attr:`~d2pruner.models.family.ModelFamily.row_visual_tokens` (budgets given as a percentage are
+    resolved against it, and the row's FLOPs are counted for it)."""
+    from d2pruner.models.family import get_family
+
+    family = get_family(spec["model"]["family"])
+    if family.row_visual_tokens is None:
+        raise ValueError(f"no row visual token count for model family {family.name!r}")
+    return family.row_visual_tokens
 
 
 def row_schedule(spec: dict, key: str | None, budget: str) -> list[tuple[int, int]]:

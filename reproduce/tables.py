@@ -55,17 +55,14 @@ def flops_note(spec: dict) -> str:
     >>> flops_note(load_spec("table3"))
     'Prefill TFLOPs: the full-size OpenGVLab/InternVL2_5-8B-MPO-hf with 64 text tokens and 1792 visual tokens before pruning (6 tiles + thumbnail; a real image has 256 to 3328), exact counting convention (reproduce.efficiency).'
     """
-    from reproduce.efficiency import ROW_TEXT_TOKENS
-    from reproduce.specs import ROW_VISUAL_TOKENS
-
-    model_id = spec["model"]["id"]
-    n = ROW_VISUAL_TOKENS.get(spec["model"]["family"])
     from d2pruner.models.family import get_family
+    from reproduce.efficiency import ROW_TEXT_TOKENS
+    from reproduce.specs import row_visual_tokens
 
-    # a tiling family's visual token count depends on the image's tiles
-    tiles = " (6 tiles + thumbnail; a real image has 256 to 3328)" if get_family(spec["model"]["family"]).uses_max_tiles else ""
-    return (f"Prefill TFLOPs: the full-size {model_id} with {ROW_TEXT_TOKENS} text tokens and {n} visual tokens "
-            f"before pruning{tiles}, exact counting convention (reproduce.efficiency).")
+    family = get_family(spec["model"]["family"])
+    note = f" ({family.row_visual_note})" if family.row_visual_note else ""
+    return (f"Prefill TFLOPs: the full-size {spec['model']['id']} with {ROW_TEXT_TOKENS} text tokens and "
+            f"{row_visual_tokens(spec)} visual tokens before pruning{note}, exact counting convention (reproduce.efficiency).")
 
 
 def row_flops(spec: dict, row: Row) -> str:
@@ -154,7 +151,7 @@ def table_header(spec: dict, smoke: bool, model_id: str, limit: int | None) -> s
     return (f"## {spec['table']}{' (smoke: tiny random model, tiny local data — not the paper numbers)' if smoke else ''}"
             f"\n\n{spec['caption']}. Spec v{spec['spec_version']}; model {model_id}; "
             f"{'limit ' + str(limit) + ' samples per benchmark' if limit else 'full benchmarks'}."
-            f"\n\n{flops_note(spec)}")
+            f"\n\n{flops_note(spec)}" + (f"\n\n**Beyond the paper.** {spec['beyond_paper']}" if spec.get("beyond_paper") else ""))
 
 
 def table_markdown(spec: dict, lines: list[dict], header: str) -> str:

@@ -302,3 +302,26 @@ def test_prior_command_measures_a_resampled_grid_over_images_of_different_sizes(
     with torch.no_grad(), qwen_vl.attach(model, 0.25, prior=out) as handle:
         model(**build_inputs(processor, family, Image.open(images / "0.png"), "what?"))
     assert handle.stats[0].debiased
+
+
+# --- grounding in the model's own format, read back for the REC tasks ---------------------------------
+
+def test_grounding_answers_are_read_back_into_the_tasks_box_frame():
+    from reproduce.adapter import grounding_answer, grounding_question
+    from reproduce.tasks.utils import REC_PROMPT, internvl_box_to_unit, parse_internvl_box
+
+    q25, q3 = qwen_model("qwen2_5_vl"), qwen_model("qwen3_vl")
+    asked = grounding_question(qwen_vl.QWEN2_5_VL, REC_PROMPT.format("the dog on the left"))
+    assert '"the dog on the left"' in asked and "JSON" in asked
+    assert grounding_question(qwen_vl.QWEN2_5_VL, "What colour is the car?") == "What colour is the car?"
+    # Qwen2.5-VL: absolute pixels of the resized image; the tiny twin's patches are 2 px, so a grid of
+    # 20 x 40 patches is a 40 x 80 px image
+    inputs = {"image_grid_thw": torch.tensor([[1, 8, 8], [1, 20, 40]])}
+    answer = '```json\n[{"bbox_2d": [8, 4, 40, 40], "label": "dog"}]\n```'
+    read = grounding_answer(qwen_vl.QWEN2_5_VL, q25, answer, inputs, 1)
+    assert internvl_box_to_unit(parse_internvl_box(read)) == [0.1, 0.1, 0.5, 1.0]
+    # Qwen3-VL: already [0, 1000]
+    read = grounding_answer(qwen_vl.QWEN3_VL, q3, '{"bbox_2d": [100, 250, 600, 1000]}', inputs, 0)
+    assert internvl_box_to_unit(parse_internvl_box(read)) == [0.1, 0.25, 0.6, 1.0]
+    # no box: the answer as written (it scores 0)
+    assert grounding_answer(qwen_vl.QWEN2_5_VL, q25, "a dog", inputs, 0) == "a dog"

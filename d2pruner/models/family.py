@@ -61,6 +61,10 @@ class ModelFamily:
     #: Pruning before the LLM renumbers the kept tokens' positions as if the dropped placeholders had
     #: never been there (1-D positions: LLaVA, InternVL); False keeps their original positions (M-RoPE).
     renumber_before_llm: ClassVar[bool] = True
+    #: The visual tokens a table row is counted for on the full-size model (percent budgets resolve
+    #: against it and the FLOPs column counts it), and what it stands for when images vary.
+    row_visual_tokens: ClassVar[int | None] = None
+    row_visual_note: ClassVar[str] = ""
     #: The token that ends an assistant turn in the chat template (answers stop there), or None.
     chat_turn_end: ClassVar[str | None] = None
 
@@ -149,6 +153,15 @@ class ModelFamily:
     def build_batch(self, processor, images: Sequence, questions: Sequence[str], max_tiles: int) -> dict:
         """Processor outputs (tensors on the CPU) for (image, question) pairs, padded on the left."""
         raise NotImplementedError
+
+    #: The family's own referring-expression prompt around ``{}`` (the expression), when the model is
+    #: asked for boxes its own way; None: the benchmark's prompt (InternVL-2.5's) is used as written.
+    grounding_template: ClassVar[str | None] = None
+
+    def grounding_box(self, model: torch.nn.Module, text: str, inputs: Mapping, item: int) -> list[float] | None:
+        """The first box of a grounding answer as ``[x1, y1, x2, y2]`` in [0, 1000] of the image, or None
+        (only for families with a :attr:`grounding_template`); ``inputs`` are the batch's model inputs."""
+        raise NotImplementedError(f"{self.name} has no grounding protocol of its own")
 
     def eos_ids(self, model: torch.nn.Module, processor) -> list[int] | None:
         """End-of-answer ids: the checkpoint's own and :attr:`chat_turn_end`, whatever the generation

@@ -157,6 +157,8 @@ class InternVLFamily(ModelFamily):
     flops_config = "internvl2_5-8b-mpo-hf.json"
     prior_per = "tile position (every tile and the thumbnail)"
     uses_max_tiles = True
+    row_visual_tokens = 256 * (6 + 1)  # 6 tiles + thumbnail: a typical 4:3 image
+    row_visual_note = "6 tiles + thumbnail; a real image has 256 to 3328"
     chat_turn_end = "<|im_end|>"
     handle_class = InternVLHandle
     refuses = {

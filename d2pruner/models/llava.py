@@ -93,6 +93,7 @@ class LlavaFamily(ModelFamily):
     checkpoint = "llava-hf/llava-1.5-7b-hf"
     flops_config = "llava-1.5-7b-hf.json"
     prior_per = "grid position"
+    row_visual_tokens = 576
     text_tower_checkpoint = "openai/clip-vit-large-patch14-336"  # d2pruner.models.clip_text.CLIP_FOR_LLAVA
 
     def model_classes(self):

@@ -243,6 +243,8 @@ class QwenVLFamily(ModelFamily):
 
     prior_per = "normalised image position (a 24 x 24 grid resampled to each image or frame group)"
     renumber_before_llm = False
+    row_visual_tokens = 576  # a 24 x 24-token reference image (672 px for Qwen2.5-VL, 768 px for Qwen3-VL)
+    row_visual_note = "a 24 x 24-token reference image; a real image's count follows its size"
     chat_turn_end = "<|im_end|>"
     #: Side of the fixed grid the prior is kept on.
     prior_side: ClassVar[int] = 24
@@ -313,6 +315,31 @@ class QwenVLFamily(ModelFamily):
         return capture.register() + (DeepStackFollower(handle).register() if self.deepstack else [])
 
     deepstack: ClassVar[bool] = False
+
+    # -- grounding: the model's own box format, read back into [0, 1000] of the image ---------------------
+    grounding_template = 'Locate "{}" in the image and output its bbox coordinates in JSON format.'
+
+    def grounding_box(self, model, text: str, inputs, item: int) -> list[float] | None:
+        """The first ``bbox_2d`` (or first four numbers in brackets) of the answer, in [0, 1000].
+        Qwen2.5-VL writes absolute pixels of the image as the processor resized it (its patch grid times
+        the model's patch size); Qwen3-VL writes [0, 1000] already (``box_scale`` 1000)."""
+        import re
+
+        number = r"\s*(-?\d+(?:\.\d+)?)\s*"
+        four = rf"\[{number},{number},{number},{number}\]"
+        match = re.search(r'"bbox_2d"\s*:\s*' + four, text) or re.search(four, text)
+        if match is None:
+            return None
+        box = [float(v) for v in match.groups()]
+        if self.box_scale is not None:
+            return [v * 1000.0 / self.box_scale for v in box]
+        grid = inputs["image_grid_thw"][item]  # (t, h, w) patches of the resized image
+        patch = int(model.config.vision_config.patch_size)
+        height, width = float(grid[1]) * patch, float(grid[2]) * patch
+        return [box[0] * 1000 / width, box[1] * 1000 / height, box[2] * 1000 / width, box[3] * 1000 / height]
+
+    #: The side of the box coordinate frame (None: absolute pixels of the resized image).
+    box_scale: ClassVar[float | None] = None
 
     # -- processor and prompts -------------------------------------------------------------------------
     def processor_class(self):
@@ -448,6 +475,7 @@ class Qwen3VLFamily(QwenVLFamily):
     flops_config = "qwen3-vl-8b-instruct.json"
     frames_per_run = True
     deepstack = True
+    box_scale = 1000.0  # Qwen3-VL grounds in [0, 1000] relative coordinates
 
     def model_classes(self):
         from transformers import Qwen3VLForConditionalGeneration, Qwen3VLModel
