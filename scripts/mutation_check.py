@@ -24,7 +24,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 QUICK_CORE = ["tests/test_examples.py", "tests/test_spec.py", "tests/test_errors.py", "tests/test_baselines.py",
               "tests/test_properties.py"]
-QUICK_MODELS = ["tests/test_pre_llm_methods.py", "tests/test_sparsevlm.py", "tests/test_models.py", "tests/test_methods.py"]
+QUICK_MODELS = ["tests/test_pre_llm_methods.py", "tests/test_sparsevlm.py", "tests/test_models.py", "tests/test_methods.py",
+                "tests/test_qwen.py"]
 QUICK_REPRODUCE = ["tests/test_reproduce_run.py",
                    "tests/test_reproduce_smoke.py::test_rows_that_do_not_read_the_prior_do_not_depend_on_it",
                    "tests/test_reproduce_smoke.py::test_a_record_of_another_configuration_is_evaluated_again",
@@ -139,6 +140,17 @@ MUTANTS = {
         "d2pruner/models/handle.py", 'and not kwargs.get("mm_encoder_outputs"))', "and True)"),
     "models: rater rows ignore the attention mask": (
         "d2pruner/models/attention.py", "scores = _apply_mask(scores, attention_mask[:, :, queries, :])", "scores = scores"),
+    "qwen: positions renumbered before the LLM": (
+        "d2pruner/models/qwen_vl.py", "    renumber_before_llm = False\n", "    renumber_before_llm = True\n"),
+    "qwen: DeepStack additions dropped after the cut": (
+        "d2pruner/models/qwen_vl.py", "hidden[visual, :] = hidden[visual, :] + embeds[rows]", "hidden[visual, :] = hidden[visual, :]"),
+    "qwen: DeepStack rows not following the kept tokens": (
+        "d2pruner/models/qwen_vl.py", "rows = rank.gather(1, index)[visual]", "rows = rank.gather(1, index)[visual].sort().values.flip(0)"),
+    "qwen: a manual decoding step numbered after the shortened cache": (
+        "d2pruner/models/qwen_vl.py", "pos = torch.arange(start, start + q, device=deltas.device)[None] + deltas",
+        "pos = torch.arange(start - 1, start - 1 + q, device=deltas.device)[None] + deltas"),
+    "qwen: one view for a whole video": (
+        "d2pruner/models/qwen_vl.py", "layouts += [TokenLayout.grid(h, w)] * t", "layouts += [TokenLayout.grid(h * t, w)]"),
     "compat: the hooks never find the KV cache": (
         "d2pruner/compat.py", "    return cache\n", "    return None\n"),
     "compat: the cache argument ignores the installed version": (
@@ -173,7 +185,8 @@ def run_mutant(name: str, path: str, old: str, new: str) -> tuple[bool, str]:
         target.write_text(text.replace(old, new))
         env = {**os.environ, "HYPOTHESIS_PROFILE": "dev", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(dst)}
         # The tests most likely to notice first (seconds), then, if they all pass, the whole suite.
-        quick = (QUICK_MODELS if path.startswith("d2pruner/models/") else
+        quick = (["tests/test_qwen.py"] if path == "d2pruner/models/qwen_vl.py" else
+                 QUICK_MODELS if path.startswith("d2pruner/models/") else
                  ["tests/test_compat.py"] + QUICK_MODELS if path == "d2pruner/compat.py" else
                  QUICK_CORE + QUICK_MODELS if path.startswith("d2pruner/methods/") else
                  QUICK_REPRODUCE if path.startswith("reproduce/") else QUICK_CORE)
