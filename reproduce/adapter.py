@@ -130,6 +130,26 @@ def uses_prior(method: str | None) -> bool:
     return Need.PRIOR in get_method(method).needs
 
 
+def method_settings(method: str | None) -> dict | None:
+    """The registered method's default settings (its plain-valued dataclass fields), so that answers
+    made under other defaults (e.g. DART's pivot order before it followed the public code) are not
+    reused as if current.
+
+    >>> method_settings("dart")["pivot_order"], method_settings(None)
+    ('public', None)
+    """
+    if method is None:
+        return None
+    import dataclasses
+
+    from d2pruner.methods.base import get_method
+
+    obj = get_method(method)
+    plain = (bool, int, float, str, type(None))
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
+            if isinstance(getattr(obj, f.name), plain)} if dataclasses.is_dataclass(obj) else {}
+
+
 def run_fingerprint(*, pretrained: str, revision: str | None, method: str | None, budget: Any, config: str,
                     dtype: str, prior: str | None, max_tiles: int, max_new_tokens_cap: int | None) -> dict:
     """What identifies a run's answers: the answer cache refuses a file of another fingerprint, and a cell
@@ -137,6 +157,7 @@ def run_fingerprint(*, pretrained: str, revision: str | None, method: str | None
     (:func:`uses_prior`)."""
     reads_prior = uses_prior(method) and prior
     return {"pretrained": pretrained, "revision": revision, "method": method,
+            "method_settings": method_settings(method),
             "budget": budget if method else None, "config": config, "dtype": dtype,
             "prior_sha256": file_sha256(prior) if reads_prior else None, "max_tiles": int(max_tiles),
             "max_new_tokens_cap": max_new_tokens_cap}
