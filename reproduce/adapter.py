@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from reproduce.records import file_sha256, method_settings, run_fingerprint, uses_prior  # noqa: F401 (re-exported)
 from reproduce.tasks.utils import REC_PROMPT
 
 #: A referring-expression request as the REC tasks write it; group 1 is the expression.
@@ -114,53 +115,6 @@ def _device_error(device: str) -> str | None:
     if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
         return f"device {device!r}: this machine has {torch.cuda.device_count()} visible GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}"
     return None
-
-
-def uses_prior(method: str | None) -> bool:
-    """Whether the method of that name reads the positional prior (``Need.PRIOR``); every other method
-    ignores it, and so do their fingerprints.
-
-    >>> uses_prior("d2pruner"), uses_prior("mmr-d2score"), uses_prior("fastv"), uses_prior(None)
-    (True, True, False, False)
-    """
-    if method is None:
-        return False
-    from d2pruner.methods.base import Need, get_method
-
-    return Need.PRIOR in get_method(method).needs
-
-
-def method_settings(method: str | None) -> dict | None:
-    """The registered method's default settings (its plain-valued dataclass fields), so that answers
-    made under other defaults (e.g. DART's pivot order before it followed the public code) are not
-    reused as if current.
-
-    >>> method_settings("dart")["pivot_order"], method_settings(None)
-    ('public', None)
-    """
-    if method is None:
-        return None
-    import dataclasses
-
-    from d2pruner.methods.base import get_method
-
-    obj = get_method(method)
-    plain = (bool, int, float, str, type(None))
-    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
-            if isinstance(getattr(obj, f.name), plain)} if dataclasses.is_dataclass(obj) else {}
-
-
-def run_fingerprint(*, pretrained: str, revision: str | None, method: str | None, budget: Any, config: str,
-                    dtype: str, prior: str | None, max_tiles: int, max_new_tokens_cap: int | None) -> dict:
-    """What identifies a run's answers: the answer cache refuses a file of another fingerprint, and a cell
-    record of another fingerprint is computed again. The prior counts only for the methods that read it
-    (:func:`uses_prior`)."""
-    reads_prior = uses_prior(method) and prior
-    return {"pretrained": pretrained, "revision": revision, "method": method,
-            "method_settings": method_settings(method),
-            "budget": budget if method else None, "config": config, "dtype": dtype,
-            "prior_sha256": file_sha256(prior) if reads_prior else None, "max_tiles": int(max_tiles),
-            "max_new_tokens_cap": max_new_tokens_cap}
 
 
 class SampleCache:
@@ -534,6 +488,3 @@ def manifest():
     return ModelManifest(model_id="d2pruner", simple_class_path="reproduce.adapter.D2PrunerLMM")
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file (provenance of priors and data)."""
-    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()

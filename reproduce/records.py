@@ -32,6 +32,58 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SEED = 0
 
 
+def uses_prior(method: str | None) -> bool:
+    """Whether the method of that name reads the positional prior (``Need.PRIOR``); every other method
+    ignores it, and so do their fingerprints.
+
+    >>> uses_prior("d2pruner"), uses_prior("mmr-d2score"), uses_prior("fastv"), uses_prior(None)
+    (True, True, False, False)
+    """
+    if method is None:
+        return False
+    from d2pruner.methods.base import Need, get_method
+
+    return Need.PRIOR in get_method(method).needs
+
+
+def method_settings(method: str | None) -> dict | None:
+    """The registered method's default settings (its plain-valued dataclass fields), so that answers
+    made under other defaults (e.g. DART's pivot order before it followed the public code) are not
+    reused as if current.
+
+    >>> method_settings("dart")["pivot_order"], method_settings(None)
+    ('public', None)
+    """
+    if method is None:
+        return None
+    import dataclasses
+
+    from d2pruner.methods.base import get_method
+
+    obj = get_method(method)
+    plain = (bool, int, float, str, type(None))
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
+            if isinstance(getattr(obj, f.name), plain)} if dataclasses.is_dataclass(obj) else {}
+
+
+def run_fingerprint(*, pretrained: str, revision: str | None, method: str | None, budget: Any, config: str,
+                    dtype: str, prior: str | None, max_tiles: int, max_new_tokens_cap: int | None) -> dict:
+    """What identifies a run's answers: the answer cache refuses a file of another fingerprint, and a cell
+    record of another fingerprint is computed again. The prior counts only for the methods that read it
+    (:func:`uses_prior`)."""
+    reads_prior = uses_prior(method) and prior
+    return {"pretrained": pretrained, "revision": revision, "method": method,
+            "method_settings": method_settings(method),
+            "budget": budget if method else None, "config": config, "dtype": dtype,
+            "prior_sha256": file_sha256(prior) if reads_prior else None, "max_tiles": int(max_tiles),
+            "max_new_tokens_cap": max_new_tokens_cap}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file (provenance of priors and data)."""
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
 def slug(text: str) -> str:
     """A file-name-safe form of a method, budget or benchmark name.
 
@@ -180,11 +232,9 @@ def describe_holder(holder: dict) -> str:
 def cell_fingerprint(*, spec: dict, row, bench, limit: int | None, world_size: int, adapter_kwargs: dict) -> dict:
     """What makes a cell's value: spec version, task, metric, limit, process count and the run's fingerprint
     (checkpoint, revision, method, budget, configuration, dtype, prior hash, tile limit)."""
-    from reproduce import adapter
-
     return {"spec_version": spec["spec_version"], "task": bench.task, "metric": bench.metric, "limit": limit,
             "world_size": world_size,
-            "run": adapter.run_fingerprint(
+            "run": run_fingerprint(
                 pretrained=adapter_kwargs["pretrained"], revision=adapter_kwargs["revision"], method=row.key,
                 budget=row.budget if row.key else None, config=adapter_kwargs["config"], dtype=adapter_kwargs["dtype"],
                 prior=adapter_kwargs["prior"], max_tiles=adapter_kwargs["max_tiles"],
