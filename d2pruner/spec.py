@@ -507,16 +507,17 @@ def cosine_exceeds(f_i: Any, f_j: Any, t: Any) -> bool:
 def decide_edges(cosine: Any, adjacent: Any, config: D2PrunerConfig, bound: float) -> tuple[Any, Any]:
     """The edge decision on computed cosines: ``(edge, unsure)``, numpy or torch, broadcasting.
 
-    ``edge`` is ``cosine > t`` (:func:`cosine_thresholds`, t by ``adjacent``; ``adjacent=None``: no pair
-    is adjacent); ``unsure`` marks the pairs whose computed cosine lies within ``bound``
-    (:func:`cosine_error_bound`) of t: there float arithmetic cannot decide, and the caller decides
-    each with :func:`cosine_exceeds` on the features. Every pair is decided once, for i < j, and the
+    ``unsure`` marks the pairs whose computed cosine lies within ``3 * bound`` (``bound`` from
+    :func:`cosine_error_bound`, 3 covering the rounding of t) of t (:func:`cosine_thresholds`, t by
+    ``adjacent``; ``adjacent=None``: no pair is adjacent): there float arithmetic cannot decide, and
+    the caller decides each with :func:`cosine_exceeds` on the features. Elsewhere ``edge`` is the
+    decision, ``cosine > t`` (it is False on unsure pairs). Every pair is decided once, for i < j, and the
     graph mirrored: the rule is symmetric by construction.
 
     Examples
     --------
     >>> edge, unsure = decide_edges(np.array([0.5, 0.8, 0.9]), None, D2PrunerConfig(), 1e-9)
-    >>> edge.tolist(), unsure.tolist()
+    >>> edge.tolist(), unsure.tolist()  # 0.8 is too close to call: decide it exactly
     ([False, False, True], [False, True, False])
     """
     t_apart, t_adj = (float(t) for t in cosine_thresholds(config))
@@ -529,9 +530,10 @@ def decide_edges(cosine: Any, adjacent: Any, config: D2PrunerConfig, bound: floa
 
         t = torch.where(adjacent, torch.tensor(t_adj, dtype=cosine.dtype, device=cosine.device),
                         torch.tensor(t_apart, dtype=cosine.dtype, device=cosine.device))  # t in the cosine's own precision
-    edge = cosine > t
     # |cos| <= 1 + bound, so only a t with |t| < 2 can be near; 3 * bound covers the ulp of float(t).
-    return edge, abs(cosine - t) <= 3.0 * bound
+    edge = cosine > t + 3.0 * bound  # surely an edge
+    unsure = (cosine >= t - 3.0 * bound) ^ edge  # within 3 * bound of t (two comparisons, no float temporary)
+    return edge, unsure
 
 
 def _finite_report(name: str, a: np.ndarray, item: int) -> None:

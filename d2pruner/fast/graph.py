@@ -34,20 +34,27 @@ def _matmul_roundoff() -> float:
 
 
 def _unit_rows(features: torch.Tensor) -> torch.Tensor:
-    """Float32 unit rows (B, N, D): each row scaled by a power of two (exact), then normalised, in float32
-    (float64 for float64 features, whose values may lie beyond float32's range). A block of rows at a
-    time, four passes over it; padding rows are left as they come (the graph never reads them)."""
+    """Float32 unit rows (B, N, D), normalised in float32 (float64 for float64 features, whose values may lie
+    beyond float32's range). A block of rows at a time: one norm pass and one division where every norm
+    lies in [2**-30, 2**60] (its squares neither overflow nor lose a significant bit, and the
+    NORM_EPS clamp cannot touch it), else each row is
+    first scaled by a power of two (exact). Padding rows are left as they come (the graph never reads them)."""
     b, n, d = features.shape
     dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
     top = 1022 if dtype == torch.float64 else 126  # largest power of two the dtype holds, with a margin
-    unit = torch.empty(b, n, d, dtype=torch.float32, device=features.device)  # (B, N, D)
     rows = max(1, BLOCK_ELEMENTS // max(1, b * d))
+    unit = torch.empty(b, n, d, dtype=torch.float32, device=features.device)  # (B, N, D)
     for lo in range(0, n, rows):
         x = features[:, lo:lo + rows].to(dtype)  # (B, C, D); no copy for float32
-        e = power_of_two_scale(torch.linalg.vector_norm(x, ord=float("inf"), dim=-1))  # (B, C): largest entry
-        y = x * torch.exp2((-e).clamp(max=top).to(dtype))[..., None]  # (B, C, D), largest entry in [0.5, 1)
-        y /= torch.linalg.vector_norm(y, dim=-1).clamp(min=NORM_EPS)[..., None]
-        unit[:, lo:lo + rows] = y  # float32
+        nrm = torch.linalg.vector_norm(x, dim=-1)  # (B, C)
+        if not bool(((nrm >= 2.0 ** -30) & (nrm <= 2.0 ** 60)).all()):  # host sync; rare (zero rows, padding): rescale
+            e = power_of_two_scale(torch.linalg.vector_norm(x, ord=float("inf"), dim=-1))  # (B, C): largest entry
+            x = x * torch.exp2((-e).clamp(max=top).to(dtype))[..., None]  # (B, C, D), largest entry in [0.5, 1)
+            nrm = torch.linalg.vector_norm(x, dim=-1)
+        x = x / nrm.clamp(min=NORM_EPS)[..., None]  # (B, C, D)
+        if rows >= n:
+            return x.to(torch.float32)  # one block: no copy for float32
+        unit[:, lo:lo + rows] = x
     return unit
 
 
@@ -139,6 +146,7 @@ def hybrid_graph(features: torch.Tensor, layout: torch.Tensor, config: D2PrunerC
     member = torch.ones(b, n, dtype=torch.bool, device=device) if nodes is None else nodes.clone()  # (B, N)
     if valid is not None:
         member &= valid
+    all_members = bool(member.all())  # host sync
     unit = _unit_rows(features)  # (B, N, D) float32
     bound32 = cosine_error_bound(d, _matmul_roundoff())
     bound64 = cosine_error_bound(d, FLOAT64_ROUNDOFF)
@@ -155,10 +163,11 @@ def hybrid_graph(features: torch.Tensor, layout: torch.Tensor, config: D2PrunerC
                                           v[:, None, lo:], r[:, None, lo:], c[:, None, lo:], config.spatial_radius)  # (B, C, N - lo)
         edge, unsure = decide_edges(cos, adjacent, config, bound32)  # (B, C, N - lo) each
         del cos
-        upper = torch.arange(lo, hi, device=device)[:, None] < torch.arange(lo, n, device=device)[None, :]  # (C, N - lo): j > i
-        keep = upper & member[:, lo:hi, None] & member[:, None, lo:]  # (B, C, N - lo)
-        edge &= keep
-        unsure &= keep
+        edge, unsure = edge.triu_(1), unsure.triu_(1)  # block entry (r, c) is pair (lo + r, lo + c): keep c > r
+        if not all_members:
+            keep = member[:, lo:hi, None] & member[:, None, lo:]  # (B, C, N - lo)
+            edge &= keep
+            unsure &= keep
         bi, ii, jj = unsure.nonzero(as_tuple=True)  # host sync; (P,) each, block coordinates
         if bi.numel():
             adj = None if adjacent is None else adjacent[bi, ii, jj]

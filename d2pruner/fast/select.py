@@ -67,8 +67,16 @@ def validate_batch(attn, prior, features, layout, n_keep, valid, item_ids: Seque
     if prior is not None:
         p = prior.expand(b, n).to(attn.device)  # (B, N)
         bad |= ((~torch.isfinite(p) | (p <= 0)) & valid).any(dim=1)
-    # The largest |entry| of a row is finite iff every entry is (NaN propagates): one reduction, no temporary.
-    bad |= (~torch.isfinite(torch.linalg.vector_norm(features, ord=float("inf"), dim=2)) & valid).any(dim=1)
+    # A non-finite entry makes its row's norm non-finite: one reduction. A finite row whose norm overflows
+    # (entries near 1e19 in float32) is then told apart by its largest entry, on those rows only.
+    norms = torch.linalg.vector_norm(features, dim=2)  # (B, N)
+    suspect = ~torch.isfinite(norms) & valid  # (B, N)
+    if bool(suspect.any()):  # host sync
+        rows = features[suspect]  # (S, D)
+        big = torch.zeros_like(suspect)
+        big[suspect] = ~torch.isfinite(torch.linalg.vector_norm(rows, ord=float("inf"), dim=1))
+        suspect = big
+    bad |= suspect.any(dim=1)
     bad |= ((layout < 0).any(dim=2) & valid).any(dim=1)
     lengths = valid.sum(dim=1).tolist()  # host sync
     bad_items = bad.nonzero()[:, 0].tolist()  # host sync
