@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from d2pruner import fast, reference
 from d2pruner.fast import pack, unpack
 from d2pruner.spec import D2PrunerConfig, TokenLayout, is_edge, validate_item, pivot_count, rank_order, resolve_budget, spatially_adjacent
-from d2pruner.testing import MARGIN, batches, fused_similarity, layouts, safe_threshold
+from d2pruner.testing import MARGIN, batches, fused_similarity, layouts, near_threshold_batches, safe_threshold
 
 
 @given(n=st.integers(1, 5000), ratio=st.floats(0.0, 1.0, exclude_min=True))
@@ -155,3 +155,17 @@ def test_safe_threshold_keeps_margin_and_prefers_request(values, preferred):
     assert v.size == 0 or np.abs(v - t).min() >= MARGIN
     if v.size == 0 or np.abs(v - preferred).min() >= MARGIN:
         assert t == preferred
+
+
+@given(drawn=near_threshold_batches())
+def test_near_threshold_strategy_puts_theta_on_a_pair(drawn):
+    """The threshold lies within 2 float32 ulps of a fused similarity, and the features are exact in the dtype."""
+    cases, dtype = drawn
+    cfg = cases[0].config
+    fused = np.concatenate([fused_similarity(c.features, c.layout, cfg.spatial_weight, cfg.spatial_radius) for c in cases])
+    if fused.size:
+        assert np.abs(fused - cfg.sim_threshold).min() <= 4 * np.spacing(np.float32(max(1.0, abs(cfg.sim_threshold)))) + 1e-6
+    for case in cases:
+        validate_item(case.attn, case.prior, case.features, case.layout, case.n_keep)
+        held = torch.tensor(case.features).to(getattr(torch, dtype)).double().numpy()
+        assert np.array_equal(held, case.features), f"features not exact in {dtype}"
