@@ -325,3 +325,18 @@ def test_grounding_answers_are_read_back_into_the_tasks_box_frame():
     assert internvl_box_to_unit(parse_internvl_box(read)) == [0.1, 0.25, 0.6, 1.0]
     # no box: the answer as written (it scores 0)
     assert grounding_answer(qwen_vl.QWEN2_5_VL, q25, "a dog", inputs, 0) == "a dog"
+
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+def test_a_video_after_a_non_empty_cache_is_refused_not_taken_for_a_decoding_step(family):
+    from transformers import DynamicCache
+
+    model = qwen_model(family)
+    batch = prompt(model, "video")
+    cache = DynamicCache(config=model.config.get_text_config())
+    with torch.no_grad():
+        model(input_ids=batch["input_ids"][:, :2], use_cache=True, past_key_values=cache)
+        rest = {k: v for k, v in batch.items() if k != "attention_mask"}
+        with qwen_vl.attach(model, 0.5) as handle, pytest.raises(ValueError, match="after a non-empty KV cache"):
+            model(**rest, past_key_values=cache, use_cache=True)
+    assert handle.stats == []

@@ -65,6 +65,8 @@ class ModelFamily:
     #: against it and the FLOPs column counts it), and what it stands for when images vary.
     row_visual_tokens: ClassVar[int | None] = None
     row_visual_note: ClassVar[str] = ""
+    #: The forward arguments that carry images or videos to encode (a pass with any of them is a prompt pass).
+    pixel_inputs: ClassVar[tuple[str, ...]] = ("pixel_values",)
     #: The token that ends an assistant turn in the chat template (answers stop there), or None.
     chat_turn_end: ClassVar[str | None] = None
 

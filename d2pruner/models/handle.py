@@ -182,12 +182,13 @@ class PruningHandle:
         # A decoding step (non-empty cache, no image input: neither pixel values nor the encoder outputs that
         # generate() computes first) holds no image, even if a generated token has the image token's id:
         # transformers embeds it as text then, and so do we.
-        decoding = (cache is not None and cache.get_seq_length() > 0 and kwargs.get("pixel_values") is None
+        pixels = any(kwargs.get(name) is not None for name in self.family.pixel_inputs)
+        decoding = (cache is not None and cache.get_seq_length() > 0 and not pixels
                     and not kwargs.get("mm_encoder_outputs"))
         items = (self.family.items(self.model, input_ids, self.hints, kwargs)
                  if input_ids is not None and not decoding else None)
         has_images = items is not None and any(it is not None for it in items)
-        if input_ids is None and kwargs.get("pixel_values") is not None:
+        if input_ids is None and pixels:
             raise ValueError("pruning needs input_ids to locate the image tokens; inputs_embeds alone are not supported")
         if has_images:
             if cache is not None and cache.get_seq_length() > 0:

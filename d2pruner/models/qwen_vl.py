@@ -243,6 +243,7 @@ class QwenVLFamily(ModelFamily):
 
     prior_per = "normalised image position (a 24 x 24 grid resampled to each image or frame group)"
     renumber_before_llm = False
+    pixel_inputs = ("pixel_values", "pixel_values_videos")
     row_visual_tokens = 576  # a 24 x 24-token reference image (672 px for Qwen2.5-VL, 768 px for Qwen3-VL)
     row_visual_note = "a 24 x 24-token reference image; a real image's count follows its size"
     chat_turn_end = "<|im_end|>"
