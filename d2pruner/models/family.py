@@ -9,8 +9,8 @@ tiny random twin -- and registers one instance with :func:`register_family`. Eve
 files are discovered on first use (every module of :mod:`d2pruner.models` is imported), so a new
 family is one file plus its FLOPs config under ``d2pruner/data``.
 
->>> sorted(family_names())
-['internvl', 'llava', 'qwen2_5_vl', 'qwen3_vl']
+>>> {'internvl', 'internvl3', 'llava', 'qwen2_5_vl', 'qwen3_vl'} <= set(family_names())
+True
 >>> get_family("internvl").refusal(__import__("d2pruner.methods", fromlist=["x"]).get_method("visionzip"))[:44]
 'visionzip needs the [CLS] attention of the v'
 >>> get_family("llava").checkpoint
@@ -49,6 +49,10 @@ class ModelFamily:
     name: ClassVar[str]
     title: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
+    #: ``text_config.model_type`` values the family takes (empty: any). Families that share a
+    #: ``model_type`` and model class and differ only in their text model (InternVL-2.5's Llama,
+    #: InternVL3's Qwen2) are told apart here, in their records, and nowhere else.
+    text_model_types: ClassVar[tuple[str, ...]] = ()
     checkpoint: ClassVar[str]
     flops_config: ClassVar[str]
     prior_per: ClassVar[str] = "grid position"
@@ -74,6 +78,13 @@ class ModelFamily:
     def model_classes(self) -> tuple[type, ...]:
         """``(ForConditionalGeneration, Model)`` classes of the family (imported lazily)."""
         raise NotImplementedError
+
+    def accepts(self, config) -> bool:
+        """Whether a transformers config is of this family: its ``model_type`` and, where the family
+        names them (:attr:`text_model_types`), its text model's."""
+        if getattr(config, "model_type", "") not in self.model_types:
+            return False
+        return not self.text_model_types or getattr(getattr(config, "text_config", None), "model_type", None) in self.text_model_types
 
     def inner(self, model: torch.nn.Module) -> torch.nn.Module:
         """The inner multimodal model (``language_model``, ``vision_tower``, ``multi_modal_projector``)."""
@@ -269,21 +280,27 @@ def get_family(name: str) -> ModelFamily:
 
 
 def family_for_config(config) -> ModelFamily:
-    """The family of a transformers config, by its ``model_type``."""
+    """The family of a transformers config, by its ``model_type`` (and its text model's, where families
+    share a ``model_type``: :attr:`ModelFamily.text_model_types`)."""
     _discover()
     kind = getattr(config, "model_type", "")
     for family in _FAMILIES.values():
-        if kind in family.model_types:
+        if family.accepts(config):
             return family
-    known = sorted(t for f in _FAMILIES.values() for t in f.model_types)
+    text_kinds = sorted(t for f in _FAMILIES.values() if kind in f.model_types for t in f.text_model_types)
+    if text_kinds:
+        text = getattr(getattr(config, "text_config", None), "model_type", None)
+        raise ValueError(f"model_type {kind!r} with a {text!r} text model is not a supported family; supported text "
+                         f"models of {kind!r}: {', '.join(text_kinds)}")
+    known = sorted({t for f in _FAMILIES.values() for t in f.model_types})
     raise ValueError(f"model_type {kind!r} is not a supported family; supported: {', '.join(known)}")
 
 
 def family_for_model(model: torch.nn.Module) -> ModelFamily:
-    """The family of a loaded model, by its class."""
+    """The family of a loaded model, by its class (and its config, where families share a class)."""
     _discover()
     for family in _FAMILIES.values():
-        if isinstance(model, family.model_classes()):
+        if isinstance(model, family.model_classes()) and (not family.text_model_types or family.accepts(model.config)):
             return family
     raise ValueError(f"{type(model).__name__} is not a supported model; supported families: {', '.join(sorted(_FAMILIES))}")
 

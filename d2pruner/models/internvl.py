@@ -1,4 +1,4 @@
-"""InternVL-2.5 (``transformers.InternVLForConditionalGeneration``): the model family record.
+"""InternVL-2.5 and InternVL3 (``transformers.InternVLForConditionalGeneration``): the model family records.
 
 An image is cut into a grid of tiles (rows x cols, 1 to ``max_tiles``) plus, when there is more than
 one tile, a thumbnail that comes **last**; each tile gives 16x16 = 256 ``<IMG_CONTEXT>`` tokens after
@@ -14,6 +14,15 @@ The positional prior has one value per tile position (256) and applies to every 
 thumbnail. InternVL refuses VisionZip (no [CLS] attention after pixel shuffle) and CDPruner without
 an explicit text tower (no CLIP). Prompts follow InternVL-2.5's chat template with its own system
 message; answers end at the chat turn's end ``<|im_end|>``.
+
+InternVL3 (``OpenGVLab/InternVL3-8B-hf``) is the same transformers class with the same vision tower,
+tiling, pixel shuffle, chat template and system message around a Qwen2 text model (biases on q/k/v)
+instead of InternVL-2.5's Llama (InternLM2 rewritten). It is its own record, ``internvl3``, a subclass
+of InternVL-2.5's that differs in its checkpoint, its full-size config (FLOPs) and its tiny twin; the
+two are told apart by ``text_config.model_type`` (:attr:`ModelFamily.text_model_types`), so
+``family_for_config`` and ``family_for_model`` pick the right one and nothing else branches on it.
+The base (not preference-tuned) InternVL-2.5 weights exist only as remote code:
+:mod:`d2pruner.models.convert_internvl` converts a local copy into this class's layout.
 
 Examples
 --------
@@ -35,11 +44,11 @@ from typing import Any, Sequence
 import torch
 
 from d2pruner.methods.base import Need
-from d2pruner.models.family import ModelFamily, register_family
+from d2pruner.models.family import ModelFamily, family_for_model, register_family
 from d2pruner.models.handle import PruningHandle, attach as _attach
 from d2pruner.spec import TokenLayout
 
-__all__ = ["FAMILY", "INTERNVL_SYSTEM", "InternVLHandle", "attach", "find_items", "image_only_internvl_processor",
+__all__ = ["FAMILY", "FAMILY3", "INTERNVL_SYSTEM", "InternVLHandle", "attach", "find_items", "image_only_internvl_processor",
            "tile_grid", "tile_pixels", "tile_side", "unsupported"]
 
 INTERNVL_SYSTEM = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
@@ -153,6 +162,7 @@ class InternVLFamily(ModelFamily):
     name = "internvl"
     title = "InternVL-2.5"
     model_types = ("internvl",)
+    text_model_types = ("llama",)  # InternLM2 as Llama (the -hf conversions and d2pruner.models.convert_internvl)
     checkpoint = "OpenGVLab/InternVL2_5-8B-MPO-hf"  # the transformers-native (MPO) conversion
     flops_config = "internvl2_5-8b-mpo-hf.json"
     prior_per = "tile position (every tile and the thumbnail)"
@@ -200,12 +210,18 @@ class InternVLFamily(ModelFamily):
     latency_budgets = (None, 1.0, 0.25, 0.1)
     latency_tiles = ((1, 6, 12), (1, 2))
 
+    def text_config_class(self):
+        """The transformers config class of the text model (Llama for InternVL-2.5-8B)."""
+        from transformers import LlamaConfig
+
+        return LlamaConfig
+
     def full_size_config(self, attn_implementation: str):
-        from transformers import InternVLConfig, InternVLVisionConfig, LlamaConfig
+        from transformers import InternVLConfig, InternVLVisionConfig
 
         cfg = self.shipped_config()
-        text = LlamaConfig(**{k: v for k, v in cfg["text_config"].items() if k != "model_type"},
-                           attn_implementation=attn_implementation)
+        text = self.text_config_class()(**{k: v for k, v in cfg["text_config"].items() if k != "model_type"},
+                                        attn_implementation=attn_implementation)
         vision = InternVLVisionConfig(**{k: v for k, v in cfg["vision_config"].items() if k != "model_type"})
         return InternVLConfig(vision_config=vision, text_config=text, image_token_id=cfg["image_token_id"],
                               downsample_ratio=cfg["downsample_ratio"], attn_implementation=attn_implementation,
@@ -222,17 +238,28 @@ class InternVLFamily(ModelFamily):
 
     def tiny_model(self, seed: int = 0, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
         """A random ``InternVLForConditionalGeneration``: 64 px tiles, patch 2, pixel shuffle 0.5 (256 tokens
-        per tile), Llama text model as in the InternVL-2.5 -hf conversion."""
+        per tile), the family's tiny text model (:meth:`tiny_text_config`)."""
         from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig
 
         from d2pruner.models import tiny_parts as tiny
 
         vision = InternVLVisionConfig(image_size=TINY_PIXELS, patch_size=2, hidden_size=32, intermediate_size=64,
                                       num_hidden_layers=2, num_attention_heads=2)
-        config = InternVLConfig(vision_config=vision, text_config=tiny.text_config(attn_implementation),
+        config = InternVLConfig(vision_config=vision, text_config=self.tiny_text_config(attn_implementation),
                                 image_token_id=tiny.IMAGE_TOKEN, downsample_ratio=0.5,
                                 attn_implementation=attn_implementation)
-        return tiny.build(InternVLForConditionalGeneration, config, seed, dtype)
+        model = tiny.build(InternVLForConditionalGeneration, config, seed, dtype)
+        self.randomize_tiny_biases(model, seed)
+        return model
+
+    def tiny_text_config(self, attn_implementation: str):
+        """The shared tiny Llama text model, as in the InternVL-2.5 -hf conversion."""
+        from d2pruner.models import tiny_parts as tiny
+
+        return tiny.text_config(attn_implementation)
+
+    def randomize_tiny_biases(self, model, seed: int) -> None:
+        """Nothing: the Llama text model has no biases."""
 
     def tiny_processor(self, max_tiles: int = 6):
         """transformers' ``InternVLProcessor`` (image part) with GOT-OCR2's dynamic tiles around the tiny
@@ -254,6 +281,46 @@ class InternVLFamily(ModelFamily):
 FAMILY = register_family(InternVLFamily())
 
 
+class InternVL3Family(InternVLFamily):
+    """InternVL3: InternVL-2.5's record with a Qwen2 text model (checkpoint, FLOPs config, tiny twin)."""
+
+    name = "internvl3"
+    title = "InternVL3"
+    text_model_types = ("qwen2",)
+    checkpoint = "OpenGVLab/InternVL3-8B-hf"
+    flops_config = "internvl3-8b-hf.json"
+
+    def text_config_class(self):
+        from transformers import Qwen2Config
+
+        return Qwen2Config
+
+    def tiny_text_config(self, attn_implementation: str):
+        """The shared tiny text model's sizes (4 layers, width 64, 4 heads, 2 KV heads) as Qwen2."""
+        from transformers import Qwen2Config
+
+        from d2pruner.models import tiny_parts as tiny
+
+        llama = tiny.text_config(attn_implementation)
+        keep = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "vocab_size", "initializer_range", "pad_token_id", "bos_token_id", "eos_token_id",
+                "max_position_embeddings")
+        return Qwen2Config(**{k: getattr(llama, k) for k in keep}, use_sliding_window=False,
+                           attn_implementation=attn_implementation)
+
+    def randomize_tiny_biases(self, model, seed: int) -> None:
+        """Qwen2's q/k/v biases start at zero; draw them (seeded) so that the tiny twin exercises them."""
+        from d2pruner.models.tiny_parts import seeded
+
+        with seeded(seed + 1), torch.no_grad():
+            for layer in self.inner(model).language_model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0.0, 0.2)
+
+
+FAMILY3 = register_family(InternVL3Family())
+
+
 def unsupported(method: Any) -> str | None:
     """Why ``method`` (a method object) cannot run on InternVL, or None if it can (``FAMILY.refusal``).
 
@@ -267,7 +334,9 @@ def unsupported(method: Any) -> str | None:
 
 
 def attach(model, budget: Any, *, max_tiles: int = 12, **options) -> InternVLHandle:
-    """Prune the visual tokens of an InternVL model: :func:`d2pruner.models.handle.attach` with this
-    family, plus ``max_tiles`` (the processor's tile limit, used by :meth:`InternVLHandle.set_image_sizes`).
-    For localization use ``config=D2PrunerConfig.for_localization()``."""
-    return _attach(model, budget, family=FAMILY, max_tiles=int(max_tiles), **options)
+    """Prune the visual tokens of an InternVL model (InternVL-2.5 or InternVL3, by its text model):
+    :func:`d2pruner.models.handle.attach` with that family, plus ``max_tiles`` (the processor's tile
+    limit, used by :meth:`InternVLHandle.set_image_sizes`). For localization use
+    ``config=D2PrunerConfig.for_localization()``."""
+    family = family_for_model(model) if isinstance(model, FAMILY.model_classes()) else FAMILY  # FAMILY refuses others
+    return _attach(model, budget, family=family, max_tiles=int(max_tiles), **options)
