@@ -268,14 +268,16 @@ def _make_class():
         ``10%``), ``prior`` (path of a prior file), ``config`` (``default`` or ``localization``),
         ``batch_size``, ``device``, ``dtype``, ``attn_implementation``, ``max_tiles``, ``revision``, ``cache``
         (per-sample answer file; none = no cache), ``max_new_tokens_cap`` (smoke runs only: a bound on every
-        task's ``max_new_tokens``, since a random model rarely stops by itself).
+        task's ``max_new_tokens``, since a random model rarely stops by itself), ``measure`` (default true:
+        each computed batch's time to first token, decode time per token, peak memory and selection time
+        go into its answer lines, after one unrecorded warm-up call; :mod:`d2pruner.measure`).
         """
 
         def __init__(self, pretrained: str, method: str = "none", budget: Any = None, prior: str | None = None,
                      config: str = "default", batch_size: Any = 1, device: str | None = None, dtype: str = "float16",
                      attn_implementation: str = "sdpa", max_tiles: Any = 12, revision: str | None = None,
                      cache: str | None = None, max_new_tokens_cap: Any = None, model: Any = None,
-                     **unknown: Any) -> None:
+                     measure: Any = True, **unknown: Any) -> None:
             super().__init__()
             unknown = {k: v for k, v in unknown.items() if v is not None}
             if unknown:
@@ -310,6 +312,10 @@ def _make_class():
             if self.cache_path is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
                 self._cache = SampleCache(self.cache_path, self.fingerprint)  # refuses another run's file now
             self.last_stats: list[dict] = []
+            #: Whether every computed batch is measured (:mod:`d2pruner.measure`; ``measure=false`` switches it off).
+            self.measure = str(measure).lower() not in ("false", "0", "no", "off")
+            self._meter = None
+            self._warm = False
 
         @property
         def cache(self) -> SampleCache | None:
@@ -368,6 +374,16 @@ def _make_class():
         def _eos_ids(self) -> list[int] | None:
             """End-of-answer ids beyond the checkpoint's own (the family's: InternVL-2.5's ``<|im_end|>``)."""
             return self.family.eos_ids(self.model, self.processor)
+
+        @property
+        def timing_context(self) -> dict | None:
+            """Where this adapter's timings are made (:func:`d2pruner.measure.measurement_context`), or None
+            when it does not measure."""
+            if not self.measure:
+                return None
+            from d2pruner import measure
+
+            return measure.measurement_context(self.device, self.model.dtype, self.batch_size_per_gpu, self.world_size)
 
         def generate_until(self, requests) -> list[str]:
             from d2pruner.models.loading import build_batch
@@ -430,11 +446,30 @@ def _make_class():
                 handle.set_item_hints(self.family.item_hints(self.processor, images, self.max_tiles))
             tokenizer = self.processor.tokenizer
             eos = self._eos_ids()  # passed only when set: eos_token_id=None would switch the checkpoint's own off
-            with torch.inference_mode():
-                out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                          stop_strings=[s for s in until if s] or None, tokenizer=tokenizer,
-                                          pad_token_id=tokenizer.pad_token_id, **({"eos_token_id": eos} if eos else {}),
-                                          suppress_tokens=[int(self.model.config.image_token_id)])  # never a valid answer
+
+            def generate(n_tokens: int, **extra):
+                with torch.inference_mode():
+                    return self.model.generate(**inputs, max_new_tokens=n_tokens, do_sample=False, num_beams=1,
+                                               stop_strings=[s for s in until if s] or None, tokenizer=tokenizer,
+                                               pad_token_id=tokenizer.pad_token_id,
+                                               **({"eos_token_id": eos} if eos else {}),
+                                               suppress_tokens=[int(self.model.config.image_token_id)],  # never an answer
+                                               **extra)
+
+            timing, context = None, None
+            if not self.measure:
+                out = generate(max_new_tokens)
+            else:  # d2pruner.measure: the same generate call, a pre-hook and a logits processor that change nothing
+                from d2pruner import measure
+
+                if self._meter is None:
+                    self._meter = measure.GenerationMeter(self.model, self.device)
+                if not self._warm:  # warm-up (kernels, allocator, the method's code): measured nowhere
+                    generate(min(2, max_new_tokens))
+                    self._warm = True
+                with self._meter.measure() as m:
+                    out = generate(max_new_tokens, logits_processor=m.logits_processor)
+                timing, context = m.result.as_dict(), measure.context_id(self.timing_context)
             new = out[:, inputs["input_ids"].shape[1]:]
             texts = tokenizer.batch_decode(new, skip_special_tokens=True)
             stats = handle.stats if handle is not None else [None] * len(group)
@@ -448,6 +483,9 @@ def _make_class():
                           "answer": answer, "raw": text, "run": RUN_ID}
                 if st is not None:
                     record["visual_tokens"] = [int(st.n_visual_before), int(st.n_visual_after)]
+                if timing is not None:  # the batch's prompt pass and decoding, shared by its items
+                    record["timing"] = {**timing, "selection_ms": None if st is None else round(float(st.selection_ms), 4),
+                                        "batch": len(group), "context": context}
                 records.append(record)
             return records
 

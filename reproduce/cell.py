@@ -3,7 +3,8 @@
 :func:`run_cell` returns the cell's record (:mod:`reproduce.records`): the one on disk when it was made
 under this very configuration, else a new one from one ``simple_evaluate`` call of our task on our
 adapter, which answers from its per-sample cache what an earlier run of the same configuration
-answered and computes the rest.
+answered and computes the rest. The row runs with its attention implementation (:func:`row_attention`);
+the adapter measures every sample it computes, and the record summarises those timings.
 """
 
 from __future__ import annotations
@@ -37,6 +38,31 @@ def metric_value(results: dict, task: str, metric: str) -> float:
     raise KeyError(f"metric {metric!r} not in lmms-eval's results for {task}; it reported {keys}")
 
 
+def row_attention(spec: dict, row, device: str, model=None) -> tuple[str, list[str]]:
+    """The attention implementation of a row and why each one the spec prefers to it was passed over.
+
+    The spec's ``model.attn_implementation`` is a preference order (a single name: that one only). The
+    unpruned row takes the first that runs on ``device`` (``flash_attention_2`` on a GPU where it is
+    installed); a pruned row the first that the pruning hooks also support
+    (:data:`d2pruner.models.handle.SUPPORTED_ATTENTION`: they cut the 4-D attention mask, which
+    FlashAttention does not take). No method here needs eager attention weights: each computes the
+    attention rows it reads from the layer's q/k. With ``model`` (the loaded model shared between rows)
+    the model is switched to it (:func:`d2pruner.measure.use_attention`).
+
+    >>> from reproduce.specs import Row, load_spec
+    >>> row_attention(load_spec("table1"), Row("Vanilla", "576", None), "cpu")[0]
+    'sdpa'
+    """
+    from d2pruner import measure
+    from d2pruner.models.handle import SUPPORTED_ATTENTION
+
+    prefs = spec["model"]["attn_implementation"]
+    supported = None if row.key is None else SUPPORTED_ATTENTION
+    if model is None:
+        return measure.choose_attention(prefs, device, supported)
+    return measure.use_attention(model, prefs, device, supported)
+
+
 def run_cell(*, spec: dict, row, bench, out: pathlib.Path, adapter_kwargs: dict, limit: int | None,
              include_path: pathlib.Path, env: dict, provenance: dict) -> dict:
     """Run one (row, benchmark) cell through lmms-eval unless a record of the same cell exists; return the record.
@@ -66,7 +92,12 @@ def run_cell(*, spec: dict, row, bench, out: pathlib.Path, adapter_kwargs: dict,
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
     method, budget = row.key or "none", row.budget if row.key else None
-    lm = adapter.adapter_class()(method=method, budget=budget, cache=str(cache), **adapter_kwargs)
+    shared = adapter_kwargs.get("model")
+    attn, passed_over = row_attention(spec, row, adapter_kwargs["device"], shared[0] if shared else None)
+    provenance = {**provenance, "attn_implementation": attn, "attn_passed_over": passed_over,
+                  "batch_size": adapter_kwargs["batch_size"]}
+    lm = adapter.adapter_class()(method=method, budget=budget, cache=str(cache),
+                                 **{**adapter_kwargs, "attn_implementation": attn})
     started = time.time()
     results = simple_evaluate(model=lm, tasks=[bench.task], limit=limit, task_manager=TaskManager(
         include_path=str(include_path), include_defaults=False), random_seed=SEED, numpy_random_seed=SEED,
@@ -76,6 +107,7 @@ def run_cell(*, spec: dict, row, bench, out: pathlib.Path, adapter_kwargs: dict,
         return {}
     raw = metric_value(results, bench.task, bench.metric)
     record = records.make_record(spec=spec, row=row, bench=bench, cell=cell, raw=raw, answers=cache, limit=limit,
-                                 world_size=world_size, wall_s=time.time() - started, env=env, provenance=provenance)
+                                 world_size=world_size, wall_s=time.time() - started, env=env, provenance=provenance,
+                                 timing_context=lm.timing_context)
     records.write_json_atomic(record_path, record)
     return record

@@ -257,17 +257,63 @@ def reusable_record(record_path: pathlib.Path, cell: dict, quiet: bool = False) 
 
 
 def make_record(*, spec: dict, row, bench, cell: dict, raw: float, answers: pathlib.Path, limit: int | None,
-                world_size: int, wall_s: float, env: dict, provenance: dict) -> dict:
+                world_size: int, wall_s: float, env: dict, provenance: dict, timing_context: dict | None = None) -> dict:
     """The record of one evaluated cell: lmms-eval's ``raw`` value and the value as the paper prints it,
-    what was scored (:func:`answers_digest`) and the provenance."""
+    what was scored (:func:`answers_digest`), the measured efficiency (:func:`timing_summary`, for the
+    samples measured in ``timing_context``) and the provenance."""
     digest, n, kept = answers_digest(answers, limit, world_size)
     return {"table": spec["table"], "spec_version": spec["spec_version"], "cell": cell, "method": row.method,
             "budget": row.budget, "benchmark": bench.name, "task": bench.task, "stock_task": bench.stock,
             "metric": bench.metric, "value": round(raw * bench.scale, 4), "raw_value": raw,
             "n_samples": n, "limit": limit, "answers_sha256": digest, "mean_visual_tokens_kept": kept,
             "wall_s": round(wall_s, 2),
+            "timing": timing_summary(answers, limit, world_size, timing_context),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "provenance": {**env, **provenance, "seed": SEED}}
+
+
+#: The per-sample measurements an answer line carries (``timing``, written by the adapter) and a record summarises.
+TIMING_FIELDS = ("ttft_ms", "decode_ms_per_token", "peak_mib", "selection_ms")
+
+
+def timing_summary(path: pathlib.Path, limit: int | None, world_size: int, context: dict | None) -> dict | None:
+    """The measured efficiency of the samples this evaluation scored (those of :func:`answers_digest`):
+    per sample (by key) and summarised (median, p90, max, n: :func:`d2pruner.measure.summary`), over the
+    samples measured in ``context`` (:func:`d2pruner.measure.measurement_context`) only; samples answered
+    elsewhere (another machine, dtype, batch size, ... e.g. from the cache of an earlier run) or not
+    measured are counted in ``n_elsewhere`` and ``n_unmeasured``. None when ``context`` is None (the run
+    did not measure).
+
+    >>> import tempfile
+    >>> from d2pruner.measure import context_id
+    >>> ctx = {"device": "cpu"}; f = pathlib.Path(tempfile.mkdtemp()) / "POPE.answers.jsonl"
+    >>> lines = [{"fingerprint": {}}] + [{"key": k, "doc_id": i, "answer": "a", "timing": {"ttft_ms": t,
+    ...     "decode_ms_per_token": 1.0, "peak_mib": 9.0, "selection_ms": None, "context": c}}
+    ...     for i, (k, t, c) in enumerate([("a", 2.0, context_id(ctx)), ("b", 4.0, context_id(ctx)), ("c", 99.0, "other")])]
+    >>> _ = f.write_text("".join(json.dumps(x) + "\\n" for x in lines))
+    >>> s = timing_summary(f, None, 1, ctx)
+    >>> s["ttft_ms"]["median"], s["n_timed"], s["n_elsewhere"], s["selection_ms"], sorted(s["per_sample"])
+    (3.0, 2, 1, None, ['a', 'b'])
+    """
+    if context is None:
+        return None
+    from d2pruner.measure import context_id, memory_kind, summary
+
+    cid = context_id(context)
+    mine, elsewhere, unmeasured = {}, 0, 0
+    for record in scored_lines(path, limit, world_size):
+        t = record.get("timing")
+        if t is None:
+            unmeasured += 1
+        elif t.get("context") != cid:
+            elsewhere += 1
+        else:
+            mine[record["key"]] = {k: t.get(k) for k in (*TIMING_FIELDS, "new_tokens", "batch")}
+    per = [mine[k] for k in sorted(mine)]
+    return {"context": context, "context_id": cid, "memory": memory_kind(context["device"]), "n_timed": len(mine),
+            "n_elsewhere": elsewhere, "n_unmeasured": unmeasured,
+            **{f: summary([p[f] for p in per]) for f in TIMING_FIELDS},
+            "per_sample": {k: mine[k] for k in sorted(mine)}}
 
 
 def answer_files(path: pathlib.Path, world_size: int = 1) -> list[pathlib.Path]:
@@ -319,13 +365,19 @@ def answers_digest(path: pathlib.Path, limit: int | None = None, world_size: int
     first ``limit`` documents (those lmms-eval evaluates): answers left in the cache by a longer or
     differently sharded run of the same configuration are not counted.
     """
-    rows = [json_line(f, n, line) for f in answer_files(path, world_size)
-            for n, line in enumerate(f.read_text(encoding="utf-8").splitlines()[1:], start=2)]
-    unique = {r["key"]: r for r in rows if limit is None or r["doc_id"] < limit}
-    records = sorted(unique.values(), key=lambda r: r["key"])
+    records = scored_lines(path, limit, world_size)
     digest = hashlib.sha256(json.dumps([[r["key"], r["answer"]] for r in records]).encode()).hexdigest()[:12]
     kept = [r["visual_tokens"][1] for r in records if "visual_tokens" in r]
     return digest, len(records), (round(sum(kept) / len(kept), 2) if kept else None)
+
+
+def scored_lines(path: pathlib.Path, limit: int | None = None, world_size: int = 1) -> list[dict]:
+    """The answer lines of the samples an evaluation scored, each sample once, sorted by key (see
+    :func:`answers_digest`)."""
+    rows = [json_line(f, n, line) for f in answer_files(path, world_size)
+            for n, line in enumerate(f.read_text(encoding="utf-8").splitlines()[1:], start=2)]
+    unique = {r["key"]: r for r in rows if limit is None or r["doc_id"] < limit}
+    return sorted(unique.values(), key=lambda r: r["key"])
 
 
 def json_line(path: pathlib.Path, lineno: int, line: str) -> Any:

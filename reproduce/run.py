@@ -134,8 +134,12 @@ def _run(table, argv, args, spec, rows, skipped, columns, device, out, prior) ->
     else:
         model_id, dtype, limit = args.model_path or mspec["id"], mspec["dtype"], args.limit
         max_tiles, revision = int(mspec.get("max_tiles") or 12), args.revision
-    model = adapter.load(model_id, revision=revision, dtype=dtype, device=device,
-                         attn_implementation=mspec["attn_implementation"], max_tiles=max_tiles)
+    from d2pruner.measure import choose_attention
+
+    # loaded with the fastest attention that runs here; each row switches to its own (reproduce.cell.row_attention)
+    attn, _ = choose_attention(mspec["attn_implementation"], device)
+    model = adapter.load(model_id, revision=revision, dtype=dtype, device=device, attn_implementation=attn,
+                         max_tiles=max_tiles)
     if args.smoke:  # every process writes its own copy (identical), so none reads a file another is writing
         include_path = smoke.write_smoke_tasks([b.stock for b in columns], out / "smoke-data" / f"rank{rank}", n=limit)
         if any(adapter.uses_prior(r.key) for r in rows) and not prior.exists():
@@ -147,11 +151,11 @@ def _run(table, argv, args, spec, rows, skipped, columns, device, out, prior) ->
     batch = args.batch_size or (8 if device.startswith("cuda") else 2)
     adapter_kwargs = {"pretrained": model_id, "prior": str(prior) if prior.exists() else None,
                       "config": mspec.get("config", "default"), "batch_size": batch, "device": device, "dtype": dtype,
-                      "attn_implementation": mspec["attn_implementation"], "max_tiles": max_tiles, "revision": revision,
+                      "attn_implementation": attn, "max_tiles": max_tiles, "revision": revision,
                       "model": model, "max_new_tokens_cap": spec["smoke"].get("max_new_tokens_cap") if args.smoke else None}
     env = records.environment(device)
     provenance = {"model_id": model_id, "model_revision": revision or getattr(model[0].config, "_commit_hash", None),
-                  "dtype": dtype, "attn_implementation": mspec["attn_implementation"], "max_tiles": max_tiles,
+                  "dtype": dtype, "attn_implementation": attn, "max_tiles": max_tiles,
                   "prior_sha256": adapter.file_sha256(prior) if prior.exists() else None, "smoke": args.smoke,
                   "max_new_tokens_cap": adapter_kwargs["max_new_tokens_cap"],
                   "command": "python -m reproduce " + " ".join([table, *(argv or [])])}

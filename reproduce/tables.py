@@ -1,9 +1,13 @@
-"""The table of a run: derived columns, paper vs ours per cell, each row's FLOPs, Markdown and CSV.
+"""The table of a run: derived columns, paper vs ours per cell, each row's FLOPs and measured efficiency,
+Markdown and CSV.
 
 :func:`build_table` turns the cell records into one long-form line per (row, column): the paper's
 value, ours, the difference and whether it is within the spec's tolerance, the derived columns (Avg,
-Rel) computed as the spec says, and a ``prefill TFLOPs`` line per row; :func:`table_csv` and
-:func:`table_markdown` print them.
+Rel) computed as the spec says, a ``prefill TFLOPs`` line per row, and the row's measured lines
+(:data:`MEASURED_LINES`: median time to first token and its speed-up over the unpruned row measured on
+the same machine and settings, decode time per token, peak memory, selection time, the attention
+implementation and where it was measured); :func:`table_csv` and :func:`table_markdown` print them.
+:func:`golden_form` is the CSV with the timings masked, as the smoke twins' goldens hold it.
 """
 
 from __future__ import annotations
@@ -75,8 +79,100 @@ def row_flops(spec: dict, row: Row) -> str:
         return f"n/a ({err})"
 
 
+#: The measured lines of each row run, after its ``prefill TFLOPs`` line (the ``benchmark`` field of the CSV).
+MEASURED_LINES = ("TTFT ms", "TTFT speed-up", "decode ms/token", "peak memory MiB", "selection ms", "attention",
+                  "measured on")
+#: The measured lines whose values are timings or name the machine: masked in :func:`golden_form`.
+TIMED_LINES = ("TTFT ms", "TTFT speed-up", "decode ms/token", "peak memory MiB", "selection ms", "measured on")
+
+
+def row_timing(cells: list[dict]) -> dict | None:
+    """The measured efficiency of one row from its cell records (their ``timing``,
+    :func:`reproduce.records.timing_summary`), or None when none of them was measured.
+
+    All the row's samples measured in one context (:func:`d2pruner.measure.measurement_context`) are
+    pooled; where its cells were measured in several contexts, the one with the most samples is used
+    and the other cells are counted in ``cells_left_out``.
+    """
+    timed = [r for r in cells if (r.get("timing") or {}).get("n_timed")]
+    if not timed:
+        return None
+    by_context: dict[str, list[dict]] = {}
+    for r in timed:
+        by_context.setdefault(r["timing"]["context_id"], []).append(r)
+    cid = max(sorted(by_context), key=lambda c: sum(r["timing"]["n_timed"] for r in by_context[c]))
+    chosen = by_context[cid]
+    from reproduce.records import TIMING_FIELDS
+
+    samples = {f: [p[f] for r in chosen for p in r["timing"]["per_sample"].values()] for f in TIMING_FIELDS}
+    return {"context": chosen[0]["timing"]["context"], "context_id": cid, "memory": chosen[0]["timing"]["memory"],
+            "n": sum(r["timing"]["n_timed"] for r in chosen), "cells_left_out": len(timed) - len(chosen),
+            "samples": samples,
+            "ttft_by_benchmark": {r["benchmark"]: [p["ttft_ms"] for p in r["timing"]["per_sample"].values()]
+                                  for r in chosen},
+            "attention": sorted({r.get("provenance", {}).get("attn_implementation") for r in chosen} - {None})}
+
+
+def ttft_speedup(row: dict | None, base: dict | None) -> tuple[float | None, str]:
+    """The unpruned row's median time to first token over this row's, on the benchmarks both measured,
+    and the line's status; never across machines or settings (other :func:`row_timing` contexts).
+
+    >>> a = {"context_id": "x", "context": {}, "ttft_by_benchmark": {"POPE": [10.0, 12.0]}}
+    >>> ttft_speedup({**a, "ttft_by_benchmark": {"POPE": [4.0, 7.0]}}, a)
+    (2.0, 'measured')
+    >>> ttft_speedup({**a, "context_id": "y"}, a)[0] is None
+    True
+    """
+    from d2pruner.measure import context_label, summary
+
+    if row is None:
+        return None, "not measured"
+    if base is None:
+        return None, "not compared: the unpruned row was not measured"
+    if row["context_id"] != base["context_id"]:
+        where = context_label(base["context"]) if base["context"] else base["context_id"]
+        return None, f"not compared: the unpruned row was measured elsewhere ({where})"
+    common = sorted(set(row["ttft_by_benchmark"]) & set(base["ttft_by_benchmark"]))
+    if not common:
+        return None, "not compared: no benchmark measured in both rows"
+    mine = summary([v for b in common for v in row["ttft_by_benchmark"][b]])
+    ref = summary([v for b in common for v in base["ttft_by_benchmark"][b]])
+    if mine is None or ref is None or not mine["median"]:
+        return None, "not compared: no time to first token"
+    return ref["median"] / mine["median"], "measured"
+
+
+def measured_lines(row: Row, timing: dict | None, base: dict | None) -> list[dict]:
+    """The measured lines of one row (:data:`MEASURED_LINES`)."""
+    from d2pruner.measure import context_label, summary
+
+    def line(bench, value, status, n=""):
+        return {"method": row.method, "budget": row.budget, "benchmark": bench, "paper": "", "reproduced": value,
+                "delta": "", "within_tolerance": "", "n_samples": n, "answers_sha256": "", "status": status}
+
+    if timing is None:
+        return [line(b, "", "not measured") for b in MEASURED_LINES]
+    left = f"; {timing['cells_left_out']} cell(s) measured elsewhere left out" if timing["cells_left_out"] else ""
+    status = "measured" + left
+    s = {f: summary(v) for f, v in timing["samples"].items()}
+    speedup, why = ttft_speedup(timing, base)
+
+    def fmt(stat, key="median", digits=2):
+        return "" if stat is None else f"{stat[key]:.{digits}f}"
+
+    n = timing["n"]
+    return [line("TTFT ms", fmt(s["ttft_ms"]), status, n),
+            line("TTFT speed-up", "" if speedup is None else f"{speedup:.2f}", why + left if speedup else why, n),
+            line("decode ms/token", fmt(s["decode_ms_per_token"]), status, n),
+            line("peak memory MiB", fmt(s["peak_mib"], "max", 0), f"{status}: {timing['memory']}", n),
+            line("selection ms", fmt(s["selection_ms"]), status if s["selection_ms"] else "no selection", n),
+            line("attention", ", ".join(timing["attention"]), "setting"),
+            line("measured on", context_label(timing["context"]), "setting")]
+
+
 def build_table(spec: dict, rows: list[Row], skipped: list, records: dict) -> list[dict]:
-    """One long-form line per (row, benchmark incl. derived): paper, reproduced, delta, within tolerance."""
+    """One long-form line per (row, benchmark incl. derived): paper, reproduced, delta, within tolerance;
+    then the row's ``prefill TFLOPs`` and its measured lines (:func:`measured_lines`)."""
     paper = paper_values(spec)
     tol = spec["tolerance"]
     columns = [c["benchmark"] for c in spec["columns"]]
@@ -84,6 +180,8 @@ def build_table(spec: dict, rows: list[Row], skipped: list, records: dict) -> li
     for row in rows:
         per_row[row.label] = {c: records[(row.label, c)]["value"] if (row.label, c) in records else None for c in columns}
     vanilla = next((per_row[r.label] for r in rows if r.method == "Vanilla"), None)
+    timings = {r.label: row_timing([records[(r.label, c)] for c in columns if (r.label, c) in records]) for r in rows}
+    base_timing = next((timings[r.label] for r in rows if r.method == "Vanilla"), None)
     if vanilla is not None:
         vanilla.update(derived_values(spec, vanilla, None))
     lines = []
@@ -102,6 +200,7 @@ def build_table(spec: dict, rows: list[Row], skipped: list, records: dict) -> li
         lines.append({"method": row.method, "budget": row.budget, "benchmark": "prefill TFLOPs", "paper": "",
                       "reproduced": row_flops(spec, row), "delta": "", "within_tolerance": "", "n_samples": "",
                       "answers_sha256": "", "status": "computed"})
+        lines += measured_lines(row, timings[row.label], base_timing)
     for method, budget, why in skipped:
         for bench in columns:
             theirs = paper.get((method, budget, bench))
@@ -123,6 +222,26 @@ def table_csv(lines: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(lines)
     return buf.getvalue()
+
+
+def golden_form(csv_text: str) -> str:
+    """The table's CSV with the timings and the machine masked (``*``), as the smoke goldens hold it:
+    everything else (rows, values, answers' hashes, FLOPs, which lines were measured and how many
+    samples, the attention implementation) is compared exactly. Idempotent.
+
+    >>> text = "method,budget,benchmark,reproduced,status\\nV,1,TTFT ms,12.5,measured\\nV,1,POPE,80.00,run\\n"
+    >>> golden_form(text).splitlines()[1:]
+    ['V,1,TTFT ms,*,measured', 'V,1,POPE,80.00,run']
+    """
+    lines = list(csv.DictReader(io.StringIO(csv_text)))
+    if not lines:
+        return csv_text
+    for ln in lines:
+        if ln["benchmark"] in TIMED_LINES and ln["reproduced"]:
+            ln["reproduced"] = "*"
+        if ln["benchmark"] == "TTFT speed-up" and ln["status"].startswith("not compared: the unpruned row was measured elsewhere"):
+            ln["status"] = "not compared: the unpruned row was measured elsewhere (*)"
+    return table_csv(lines)
 
 
 def abstract_lines(spec: dict, lines: list[dict]) -> list[str]:
@@ -156,7 +275,7 @@ def table_header(spec: dict, smoke: bool, model_id: str, limit: int | None) -> s
 
 def table_markdown(spec: dict, lines: list[dict], header: str) -> str:
     """The wide table: one line per row, each cell ``ours / paper (delta, mark)``."""
-    columns = [c["benchmark"] for c in spec["columns"]] + ["prefill TFLOPs"]
+    columns = [c["benchmark"] for c in spec["columns"]] + ["prefill TFLOPs", *MEASURED_LINES]
     order, cells = [], {}
     for ln in lines:
         label = (ln["method"], ln["budget"])
@@ -169,6 +288,7 @@ def table_markdown(spec: dict, lines: list[dict], header: str) -> str:
     out = [header, "", "Each cell: reproduced / paper (difference; ✓ within tolerance, ✗ not). "
            "`?` = the paper's value is unknown; blank = not run.", "",
            "| method | budget | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+    places: dict[str, str] = {}
     for label in order:
         row = cells[label]
         if row["status"].startswith("not run: "):
@@ -180,8 +300,15 @@ def table_markdown(spec: dict, lines: list[dict], header: str) -> str:
             ln = row.get(c)
             if ln is None:
                 shown.append("")
-            elif c == "prefill TFLOPs":
-                shown.append(ln["reproduced"])
+            elif c == "measured on":
+                if ln["reproduced"]:
+                    places.setdefault(ln["reproduced"], chr(ord("A") + len(places)))
+                shown.append(f"[{places[ln['reproduced']]}]" if ln["reproduced"] else "—")
+            elif c == "TTFT speed-up":
+                shown.append(f"{ln['reproduced']}×" if ln["reproduced"] else "— (" + ln["status"].removeprefix("not compared: ")
+                             .split(" (")[0] + ")")
+            elif c in MEASURED_LINES or c == "prefill TFLOPs":
+                shown.append(ln["reproduced"] or "—")
             elif not ln["reproduced"]:
                 shown.append(f"— / {ln['paper'] or '?'}")
             elif not ln["paper"]:
@@ -190,5 +317,26 @@ def table_markdown(spec: dict, lines: list[dict], header: str) -> str:
                 mark = "✓" if ln["within_tolerance"] == "yes" else "✗"
                 shown.append(f"{ln['reproduced']} / {ln['paper']} ({ln['delta']} {mark})")
         out.append(f"| {label[0]} | {label[1]} | " + " | ".join(shown) + " |")
+    memory = sorted({ln["status"].split(": ", 1)[1] for ln in lines
+                     if ln["benchmark"] == "peak memory MiB" and ": " in ln["status"]})
+    out += ["", timing_note(memory)] + [f"[{tag}] {place}" + ("  " if i < len(places) - 1 else "")
+                                        for i, (place, tag) in enumerate(places.items())]
     claims = abstract_lines(spec, lines)
     return "\n".join(out + ([""] + claims if claims else [])) + "\n"
+
+
+def timing_note(memory: list[str]) -> str:
+    """What the measured columns mean (printed under the Markdown table)."""
+    kinds = "; ".join(memory) if memory else "not measured"
+    return ("Measured columns, over the row's answered samples (each sample: the prompt pass and decoding of its "
+            "batch): TTFT = time to first token, from the start of the prompt pass (vision encoder, pruning work, "
+            "language model) to the first new token's logits, median; speed-up = the unpruned row's median TTFT / "
+            "the row's, on the benchmarks both measured, only between rows measured on the same machine and "
+            "settings (`measured on`; otherwise not compared); decode = per generated token after the first, median; "
+            f"peak memory = the largest over the row's generate calls ({kinds}); selection = the method's own "
+            "selection time per batch, median (d2pruner.measure; CUDA events on a GPU, a monotonic clock on CPU, one "
+            "warm-up call per cell left out). Attention: the unpruned row runs the fastest implementation the "
+            "spec lists that runs here (FlashAttention on a GPU where installed), pruned rows the fastest the "
+            "pruning hooks support (sdpa: they cut the 4-D attention mask, which FlashAttention does not take; "
+            "no method needs eager attention weights, each computes its attention rows from the layer's q/k). "
+            "Timings on CPU check the code path, not the speed.")

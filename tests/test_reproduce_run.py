@@ -162,7 +162,96 @@ def test_avg_divides_mme_by_20_and_tolerance_marks_follow_the_spec():
     want = prefill_flops(dims, 64, [(0, 576), (2, 64)], CONVENTIONS["exact"]) / 1e12
     assert got["prefill TFLOPs"]["reproduced"] == f"{want:.2f}"
     table = list(csv.DictReader(io.StringIO(tables.table_csv(lines))))
-    assert [r["benchmark"] for r in table] == [c["benchmark"] for c in spec["columns"]] + ["prefill TFLOPs"]
+    assert [r["benchmark"] for r in table] == ([c["benchmark"] for c in spec["columns"]] + ["prefill TFLOPs"]
+                                               + list(tables.MEASURED_LINES))
+    assert {r["status"] for r in table if r["benchmark"] in tables.MEASURED_LINES} == {"not measured"}  # no timings
+
+
+def _context(**change):
+    from d2pruner.measure import measurement_context
+
+    return {**measurement_context("cpu", "float32", 2), **change}
+
+
+def _timed(record, ttfts, context, benchmark, attn="sdpa", selection=None):
+    """``record`` with the timing a run in ``context`` would have recorded (one sample per TTFT value)."""
+    from d2pruner.measure import context_id, memory_kind, summary
+
+    per = {f"k{i}": {"ttft_ms": t, "decode_ms_per_token": t / 10, "peak_mib": 100.0 + t, "selection_ms": selection,
+                     "new_tokens": 4, "batch": 2} for i, t in enumerate(ttfts)}
+    timing = {"context": context, "context_id": context_id(context), "memory": memory_kind(context["device"]),
+              "n_timed": len(per), "n_elsewhere": 0, "n_unmeasured": 0, "per_sample": per,
+              **{f: summary([p[f] for p in per.values()]) for f in records.TIMING_FIELDS}}
+    return {**record, "benchmark": benchmark, "timing": timing, "provenance": {"attn_implementation": attn}}
+
+
+def _timed_table(vanilla_context, pruned_context):
+    spec = load_spec("table2")
+    rows = [Row("Vanilla", "100%", None), Row("D2Pruner", "10%", "d2pruner")]
+    cells = _records(spec, {("Vanilla", "100%"): {"POPE": 80.0, "MME": 1500.0},
+                            ("D2Pruner", "10%"): {"POPE": 79.0, "MME": 1490.0}})
+    for (label, bench), rec in cells.items():
+        vanilla = label.startswith("Vanilla")
+        ttfts = [20.0, 30.0, 40.0] if vanilla else [10.0, 15.0, 20.0]
+        cells[(label, bench)] = _timed(rec, ttfts, vanilla_context if vanilla else pruned_context, bench,
+                                       attn="flash_attention_2" if vanilla else "sdpa", selection=None if vanilla else 1.5)
+    lines = tables.build_table(spec, rows, [], cells)
+    return spec, {(ln["method"], ln["benchmark"]): ln for ln in lines}, lines
+
+
+def test_measured_columns_compare_rows_of_one_machine_and_settings():
+    """TTFT medians over the row's samples, its speed-up over the unpruned row of the same context, decode,
+    the largest peak, the selection's time, attention and machine per row; in CSV and Markdown."""
+    from d2pruner.measure import context_label
+
+    here = _context()
+    spec, got, lines = _timed_table(here, here)
+    assert got[("Vanilla", "TTFT ms")]["reproduced"] == "30.00" and got[("D2Pruner", "TTFT ms")]["reproduced"] == "15.00"
+    assert got[("D2Pruner", "TTFT speed-up")]["reproduced"] == "2.00" and got[("Vanilla", "TTFT speed-up")]["reproduced"] == "1.00"
+    assert got[("D2Pruner", "decode ms/token")]["reproduced"] == "1.50"
+    assert got[("D2Pruner", "peak memory MiB")]["reproduced"] == "120"  # the largest, not the median
+    assert got[("D2Pruner", "selection ms")]["reproduced"] == "1.50" and got[("Vanilla", "selection ms")]["reproduced"] == ""
+    assert got[("Vanilla", "attention")]["reproduced"] == "flash_attention_2" and got[("D2Pruner", "attention")]["reproduced"] == "sdpa"
+    assert got[("D2Pruner", "measured on")]["reproduced"] == context_label(here)
+    assert got[("D2Pruner", "TTFT ms")]["n_samples"] == 6  # three samples in each of the two cells
+    md = tables.table_markdown(spec, lines, "## table2")
+    header = next(ln for ln in md.splitlines() if ln.startswith("| method"))
+    for column in tables.MEASURED_LINES:
+        assert f"| {column} |" in header
+    assert "| 15.00 | 2.00× | 1.50 | 120 | 1.50 | sdpa | [A] |" in md and f"[A] {context_label(here)}" in md
+    golden = tables.golden_form(tables.table_csv(lines))
+    assert golden == tables.golden_form(golden)
+    masked = {(r["method"], r["benchmark"]): r["reproduced"] for r in csv.DictReader(io.StringIO(golden))}
+    assert masked[("D2Pruner", "TTFT ms")] == "*" and masked[("D2Pruner", "POPE")] == "79.00"
+    assert masked[("D2Pruner", "attention")] == "sdpa" and masked[("D2Pruner", "selection ms")] == "*"
+
+
+@pytest.mark.parametrize("elsewhere", [{"device": "cuda", "machine": "NVIDIA H100 80GB HBM3"}, {"host": "other-host"},
+                                       {"batch_size": 8}, {"dtype": "bfloat16"}])
+def test_a_record_made_elsewhere_is_never_the_baseline_of_a_speed_up(elsewhere):
+    """The unpruned row measured on another device, host or setting: no speed-up, and the table says where
+    the unpruned row was measured."""
+    from d2pruner.measure import context_label
+
+    here, there = _context(), _context(**elsewhere)
+    spec, got, lines = _timed_table(there, here)
+    speedup = got[("D2Pruner", "TTFT speed-up")]
+    assert speedup["reproduced"] == ""
+    assert speedup["status"] == f"not compared: the unpruned row was measured elsewhere ({context_label(there)})"
+    assert got[("D2Pruner", "TTFT ms")]["reproduced"] == "15.00"  # its own timing is still shown
+    md = tables.table_markdown(spec, lines, "## table2")
+    assert "— (the unpruned row was measured elsewhere)" in md and "[A]" in md and "[B]" in md
+
+
+def test_a_row_measured_in_several_places_uses_one_and_counts_the_rest():
+    here = _context()
+    spec = load_spec("table2")
+    row = Row("D2Pruner", "10%", "d2pruner")
+    cells = [_timed({}, [10.0, 12.0], here, "POPE"), _timed({}, [50.0], _context(host="x"), "MME")]
+    timing = tables.row_timing(cells)
+    assert timing["context"] == here and timing["cells_left_out"] == 1 and timing["samples"]["ttft_ms"] == [10.0, 12.0]
+    assert "1 cell(s) measured elsewhere left out" in tables.measured_lines(row, timing, None)[0]["status"]
+    assert tables.row_timing([{"value": 1.0}]) is None
 
 
 def test_not_implemented_rows_keep_their_paper_values_in_the_table():
