@@ -146,6 +146,59 @@ def test_decoding_without_a_mask_after_pruning_before_the_llm_continues_from_the
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+def test_decoding_a_padded_batch_with_a_mask_after_pruning_before_the_llm_counts_each_items_real_tokens(family):
+    """Step by step with a 2-D mask and no position ids on a left-padded batch: each item's step is
+    numbered after its own real tokens plus its rope delta (``generate``'s numbering), as the masking
+    reference given those positions explicitly."""
+    from transformers import DynamicCache
+
+    model = qwen_model(family)
+    batch = _batch(model, ["image_and_video", "image"])
+    assert bool((batch["attention_mask"] == 0).any())  # item 1 is padded
+
+    def run(ctx, explicit):
+        cache, mask, logits = DynamicCache(config=model.config.get_text_config()), batch["attention_mask"], []
+        with ctx, torch.no_grad():
+            out = model(**batch, past_key_values=cache, use_cache=True)
+            for _ in range(3):
+                logits.append(out.logits[:, -1])
+                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+                mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+                extra = {}
+                if explicit:
+                    text = (mask.cumsum(-1) - 1)[:, -1:] + model.model.rope_deltas
+                    extra["position_ids"] = text[None].expand(3, -1, -1)
+                out = model(input_ids=nxt, attention_mask=mask, past_key_values=cache, use_cache=True, **extra)
+        return logits
+
+    handle = qwen_vl.attach(model, 0.3, method="divprune")
+    pruned = run(handle, explicit=False)
+    dropped = dropped_positions(batch["input_ids"], find_items(model, batch), handle.stats)
+    masked = run(masked_reference_hooks(model, 0, dropped), explicit=True)
+    for a, b in zip(pruned, masked):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+def test_generate_finds_each_encoded_image_and_video_by_its_features_even_at_equal_token_counts(family):
+    """``generate`` drops the grids from the prompt pass; an image and a video of 24 tokens each must
+    still get their own grids (4 x 6 image; 2 frame groups of 4 x 3), also with beams (copies)."""
+    model = qwen_model(family)
+    batch = qwen_vl.tiny_inputs(model, [(1, 8, 12)], [(2, 8, 6)])
+    fam = qwen_vl.QWEN3_VL if family == "qwen3_vl" else qwen_vl.QWEN2_5_VL
+    (_, want), = fam.items(model, batch["input_ids"], None, batch)
+    assert want.n_views == 3
+    with torch.no_grad():
+        with qwen_vl.attach(model, 0.5) as handle:
+            model.generate(**batch, max_new_tokens=2, do_sample=False)
+            assert handle.items[0][1] == want
+        with qwen_vl.attach(model, 0.5) as handle:
+            out = model.generate(**batch, max_new_tokens=2, do_sample=False, num_beams=2, num_return_sequences=2)
+            assert len(handle.items) == 2 and all(it[1] == want for it in handle.items)
+    assert out.shape[0] == 2
+
+
 def test_deepstack_additions_follow_the_kept_tokens():
     """Qwen3-VL adds vision features after decoder layers 0-2; pruning at K = 2 must add the third one to
     the kept tokens (the masking reference adds it to every token, the dropped ones being invisible).

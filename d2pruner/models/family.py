@@ -119,10 +119,11 @@ class ModelFamily:
             raise ValueError(f"{values.size} visual tokens are not a whole number of {block}-position blocks")
         return values.reshape(-1, block)
 
-    def decode_position_ids(self, model: torch.nn.Module, start: int, q: int) -> torch.Tensor | None:
+    def decode_position_ids(self, model: torch.nn.Module, start: int, q: int,
+                            mask2d: torch.Tensor | None = None) -> torch.Tensor | None:
         """Position ids of a decoding step of ``q`` tokens that follows ``start`` tokens of the original
-        (unpruned) numbering, for families that keep original positions when pruning before the LLM
-        (None: let the model number it)."""
+        (unpruned) numbering (``mask2d``: the step's 2-D mask over that numbering, when given), for
+        families that keep original positions when pruning before the LLM (None: let the model number it)."""
         return None
 
     def extra_hooks(self, handle) -> list:

@@ -208,7 +208,7 @@ class PruningHandle:
             if self.prune_layer == 0 and kwargs.get("position_ids") is None and not self.family.renumber_before_llm:
                 # Without position ids the model would number this step after the shortened cache; the
                 # family numbers it after the original prompt (``generate`` passes them itself).
-                pos = self.family.decode_position_ids(self.model, total - q, q)
+                pos = self.family.decode_position_ids(self.model, total - q, q, self.mask2d)
                 if pos is not None:
                     return args, {**kwargs, "position_ids": pos}
         else:  # nothing to prune (a text-only pass): no statistics of an earlier image linger

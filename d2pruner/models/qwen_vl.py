@@ -137,7 +137,10 @@ def find_items(input_ids: torch.Tensor, image_token_id: int, video_token_id: int
                                  f"({what}_grid_thw missing or too short)")
             t, h, w = source.pop(0)
             n = t * h * w
-            if k + n > len(pos) or any(kd != kinds[k] for kd in kinds[k:k + n]):
+            runs = [h * w] * t if frames_per_run and what == "video" else [n]
+            starts = np.cumsum([0] + runs[:-1]) + k
+            if (k + n > len(pos) or any(kd != kinds[k] for kd in kinds[k:k + n])
+                    or any(int(pos[a + r - 1] - pos[a]) != r - 1 for a, r in zip(starts, runs))):
                 raise ValueError(f"item {i}: a {what} grid of {t} x {h} x {w} tokens does not match the run of {what} "
                                  f"tokens at position {int(pos[k])}")
             layouts += [TokenLayout.grid(h, w)] * t  # one view per image / frame group
@@ -150,22 +153,27 @@ def find_items(input_ids: torch.Tensor, image_token_id: int, video_token_id: int
 
 
 class GridCapture:
-    """Records the patch grids each time the vision tower runs: ``generate`` encodes the images before
-    the prompt pass and hands that pass the encoder outputs (``mm_encoder_outputs``) without the grids.
-    :meth:`grids` matches the recorded calls to those outputs by their per-image token counts."""
+    """Records the patch grids and outputs of every vision-tower call: ``generate`` encodes the images
+    and videos before the prompt pass and hands that pass the encoder outputs (``mm_encoder_outputs``)
+    without the grids. :meth:`grids` finds each encoded image's or video's grid by its features (the
+    same tensor values the tower produced for it), so images and videos of equal token counts, and the
+    copies ``generate`` makes for beams or several returned sequences, all get their own grid."""
 
     def __init__(self, handle) -> None:
         self.handle = handle
-        self.calls: list[torch.Tensor] = []
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # (grid (3,), features (n, D)) per image/video
 
     def register(self) -> list:
-        return [self.handle.family.inner(self.handle.model).visual.register_forward_pre_hook(self._on_tower,
-                                                                                             with_kwargs=True)]
+        visual = self.handle.family.inner(self.handle.model).visual
+        return [visual.register_forward_hook(self._on_tower, with_kwargs=True)]
 
-    def _on_tower(self, module, args, kwargs):
+    def _on_tower(self, module, args, kwargs, output):
         grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
-        if grid is not None:
-            self.calls = (self.calls + [grid.detach().cpu().clone()])[-4:]
+        features = getattr(output, "pooler_output", None)
+        if grid is not None and isinstance(features, torch.Tensor):
+            merge = int(module.spatial_merge_size)
+            chunks = torch.split(features.detach(), (grid.prod(-1) // merge ** 2).tolist())
+            self.seen = (self.seen + list(zip(grid.detach().cpu(), chunks)))[-256:]
         self.handle.hints = self
         return None
 
@@ -176,12 +184,17 @@ class GridCapture:
             enc = (encoded or {}).get(kind)
             if enc is None:
                 continue
-            counts = [int(x.shape[0]) for x in enc.pooler_output]
-            match = [g for g in reversed(self.calls) if (g.prod(dim=1) // merge ** 2).tolist() == counts]
-            if not match:
-                raise ValueError(f"the prompt pass got pre-encoded {kind}s ({counts} tokens each) whose patch grids were "
-                                 f"not seen when the vision tower ran; pass {kind}_grid_thw with them")
-            out[f"{kind}_grid_thw"] = match[0]
+            rows = []
+            for j, features in enumerate(enc.pooler_output):
+                grid = next((g for g, seen in reversed(self.seen)
+                             if seen.shape == features.shape and seen.device == features.device
+                             and torch.equal(seen, features)), None)
+                if grid is None:
+                    raise ValueError(f"pre-encoded {kind} {j} ({features.shape[0]} tokens) was not produced by this "
+                                     f"model's vision tower while the handle was attached, so its patch grid is "
+                                     f"unknown: pass {kind}_grid_thw with the encoder outputs")
+                rows.append(grid)
+            out[f"{kind}_grid_thw"] = torch.stack(rows)
         return out
 
 
@@ -241,7 +254,7 @@ class DeepStackFollower:
 class QwenVLFamily(ModelFamily):
     """What the two Qwen-VL generations share; each subclass names its classes and checkpoint."""
 
-    prior_per = "normalised image position (a 24 x 24 grid resampled to each image or frame group)"
+    prior_per = "normalised image position (a 24 x 24 grid resampled to each image or frame group, each scaled to mean 1)"
     renumber_before_llm = False
     pixel_inputs = ("pixel_values", "pixel_values_videos")
     row_visual_tokens = 576  # a 24 x 24-token reference image (672 px for Qwen2.5-VL, 768 px for Qwen3-VL)
@@ -293,22 +306,29 @@ class QwenVLFamily(ModelFamily):
         return out
 
     def prior_blocks(self, model, row: torch.Tensor, layout) -> np.ndarray:
-        """Each view's attention map resampled onto the prior grid: (views, side**2)."""
+        """Each view's attention map resampled onto the prior grid and scaled to mean 1: (views, side**2).
+        (The prior's scale does not change a selection; the scaling keeps large views, whose tokens each
+        receive less attention, from weighing less than small ones.)"""
         blocks = []
         for sel, rows, cols in self._views(layout):
             view = torch.zeros(rows, cols, dtype=torch.float64)
             view[torch.as_tensor(layout.row[sel]), torch.as_tensor(layout.col[sel])] = row[torch.as_tensor(sel)].double()
-            blocks.append(resample_grid(view, self.prior_side, self.prior_side).flatten().numpy())
+            block = resample_grid(view, self.prior_side, self.prior_side).flatten().numpy()
+            blocks.append(block / block.mean())  # views of every size weigh alike (attention scales as 1/N)
         return np.stack(blocks)
 
-    def decode_position_ids(self, model, start: int, q: int) -> torch.Tensor | None:
-        """``start + arange(q)`` plus the prompt's M-RoPE delta (as transformers numbers a cached step
-        without a mask), in all three rows."""
+    def decode_position_ids(self, model, start: int, q: int, mask2d: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The step's text positions plus the prompt's M-RoPE delta, in all three rows: with a 2-D mask
+        each item counts its real tokens (``cumsum - 1``, as ``generate`` numbers them), without one
+        ``start + arange(q)``. The deltas were computed over each item's real tokens."""
         deltas = self.inner(model).rope_deltas  # (B, 1), set by the prompt pass
         if deltas is None:
             return None
-        pos = torch.arange(start, start + q, device=deltas.device)[None] + deltas  # (B, q)
-        return pos[None].expand(3, -1, -1)
+        if mask2d is not None:
+            text = (mask2d.long().cumsum(-1) - 1)[:, -q:].to(deltas.device)  # (B, q)
+        else:
+            text = torch.arange(start, start + q, device=deltas.device)[None]
+        return (text + deltas)[None].expand(3, -1, -1)
 
     def extra_hooks(self, handle) -> list:
         capture = GridCapture(handle)
