@@ -456,7 +456,7 @@ def _make_class():
                                                suppress_tokens=[int(self.model.config.image_token_id)],  # never an answer
                                                **extra)
 
-            timing, context = None, None
+            timing, where = None, None
             if not self.measure:
                 out = generate(max_new_tokens)
             else:  # d2pruner.measure: the same generate call, a pre-hook and a logits processor that change nothing
@@ -469,7 +469,7 @@ def _make_class():
                     self._warm = True
                 with self._meter.measure() as m:
                     out = generate(max_new_tokens, logits_processor=m.logits_processor)
-                timing, context = m.result.as_dict(), measure.context_id(self.timing_context)
+                timing, where = m.result.as_dict(), measure.context_id(self.timing_context)
             new = out[:, inputs["input_ids"].shape[1]:]
             texts = tokenizer.batch_decode(new, skip_special_tokens=True)
             stats = handle.stats if handle is not None else [None] * len(group)
@@ -485,7 +485,7 @@ def _make_class():
                     record["visual_tokens"] = [int(st.n_visual_before), int(st.n_visual_after)]
                 if timing is not None:  # the batch's prompt pass and decoding, shared by its items
                     record["timing"] = {**timing, "selection_ms": None if st is None else round(float(st.selection_ms), 4),
-                                        "batch": len(group), "context": context}
+                                        "batch": len(group), "context": where}
                 records.append(record)
             return records
 

@@ -1,7 +1,8 @@
 """Regenerate the smoke twins' golden outputs: ``python scripts/update_goldens.py [table ...]``.
 
 Runs ``python -m reproduce <table> --smoke`` for each table (all by default) into a temporary folder
-and copies its ``table.csv`` to ``reproduce/golden/<table>-smoke.spec-v<version>.csv``. Review the
+and writes its ``table.csv``, timings masked (:func:`reproduce.tables.golden_form`), to
+``reproduce/golden/<table>-smoke.spec-v<version>.csv``. Review the
 diff before committing: a golden changes only with a deliberate change of the spec, the adapter,
 the task files, the tiny models or a method.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,7 +18,7 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reproduce import run  # noqa: E402
+from reproduce import run, tables  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
                 return done.returncode
             golden = ROOT / "reproduce" / "golden" / f"{table}-smoke.spec-v{run.load_spec(table)['spec_version']}.csv"
             golden.parent.mkdir(exist_ok=True)
-            shutil.copyfile(out / "table.csv", golden)
+            golden.write_text(tables.golden_form((out / "table.csv").read_text()))  # timings masked
             print(f"wrote {golden.relative_to(ROOT)}")
     return 0
 

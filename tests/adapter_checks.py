@@ -178,6 +178,32 @@ def check_internvl_answers_end_with_the_chat_turn():
     assert seen and not any(seen), seen
 
 
+def check_measurement_does_not_change_answers():
+    """The same answers with and without the measurement (d2pruner.measure: a pre-hook, a logits
+    processor, a warm-up call), unpruned and pruned, both families; measured lines carry positive
+    timings of one context, unmeasured lines none. No speed is asserted."""
+    from d2pruner import measure
+
+    for family, method, budget in (("llava", "none", None), ("llava", "fastv", "64"), ("internvl", "d2pruner", "10%"),
+                                   ("llava", "pyramiddrop", "45%")):
+        answers, lines = {}, {}
+        for on in (False, True):
+            cache = pathlib.Path(tempfile.mkdtemp()) / "answers.jsonl"
+            lm = model(family, method=method, budget=budget, batch_size=2, cache=str(cache), measure=on)
+            answers[on] = lm.generate_until(requests(3, {"until": [], "max_new_tokens": 5}))
+            lines[on] = [json.loads(line) for line in cache.read_text().splitlines()[1:]]
+        assert answers[False] == answers[True], (family, method, answers)
+        assert [r["raw"] for r in lines[False]] == [r["raw"] for r in lines[True]], (family, method)
+        assert not any("timing" in r for r in lines[False]), lines[False]
+        context = measure.context_id(measure.measurement_context("cpu", "float32", 2))
+        for r in lines[True]:
+            t = r["timing"]
+            assert t["context"] == context and t["ttft_ms"] > 0 and 1 <= t["new_tokens"] <= 5, t
+            assert t["decode_ms_per_token"] is None if t["new_tokens"] == 1 else t["decode_ms_per_token"] > 0, t
+            assert (t["selection_ms"] is None) == (method == "none") and t["batch"] in (1, 2), t
+            assert t["peak_mib"] is None or t["peak_mib"] > 0, t
+
+
 def _build():
     """The arguments after ``handle`` of the adapter's ``_generate``."""
     from d2pruner.models.loading import build_batch

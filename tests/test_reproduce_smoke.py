@@ -4,7 +4,9 @@ Each test runs ``python -m reproduce <table> --smoke`` in a subprocess (importin
 process-wide logging and warning filters): tiny random models, tiny local benchmark files, our
 adapter and task overlays, lmms-eval's metric code. The golden files are keyed by the table spec's
 version; after a deliberate change regenerate them with ``python scripts/update_goldens.py`` and
-review the diff.
+review the diff. The measured columns' values (timings, the machine) are masked on both sides
+(:func:`reproduce.tables.golden_form`); which lines were measured, over how many samples, and the
+attention implementation are compared.
 """
 
 import json
@@ -17,7 +19,7 @@ import time
 
 import pytest
 
-from reproduce import specs
+from reproduce import specs, tables
 
 pytestmark = pytest.mark.lmms
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -44,17 +46,23 @@ def smoke(table: str, out: pathlib.Path, tmp_path: pathlib.Path, **popen) -> sub
 def test_smoke_twin_matches_its_golden_output(table, tmp_path):
     done = smoke(table, tmp_path / "out", tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    produced = (tmp_path / "out" / "table.csv").read_text()
+    produced = tables.golden_form((tmp_path / "out" / "table.csv").read_text())
     golden = golden_path(table)
     assert golden.exists(), f"no golden output {golden.name} for this spec version: run python scripts/update_goldens.py"
     assert produced == golden.read_text(), f"{table} smoke output differs from {golden.name}"
+    measured = [ln for ln in produced.splitlines() if ",TTFT ms," in ln or ",TTFT speed-up," in ln]
+    assert measured and all(",*," in ln and ln.endswith(",measured") for ln in measured), measured  # CPU: measured, compared
     assert "wrote" in done.stdout and (tmp_path / "out" / "table.md").exists()
     records = sorted((tmp_path / "out" / "cells").glob("*/*.json"))
     spec = specs.load_spec(table)
     assert len(records) == len(spec["smoke"]["rows"]) * len(specs.benchmark_columns(spec))
     rec = json.loads(records[0].read_text())
-    for field in ("d2pruner", "lmms_eval", "git_commit", "device", "dtype", "seed", "prior_sha256", "model_id"):
+    for field in ("d2pruner", "lmms_eval", "git_commit", "device", "dtype", "seed", "prior_sha256", "model_id",
+                  "attn_implementation", "batch_size"):
         assert field in rec["provenance"], field
+    timing = rec["timing"]
+    assert timing["context"]["device"] == "cpu" and timing["n_timed"] == len(timing["per_sample"]) == rec["n_samples"]
+    assert set(timing["ttft_ms"]) == {"median", "p90", "max", "n"}
     assert rec["spec_version"] == spec["spec_version"] and rec["n_samples"] == spec["smoke"]["limit"]
 
 
@@ -97,7 +105,7 @@ def test_a_run_killed_mid_way_resumes_without_computing_any_sample_twice(tmp_pat
         assert lines[:len(before.get(path, []))] == before.get(path, []), f"{path.name}: answers of the killed run changed"
     for p in mid_cell:  # the killed run's answers kept, the rest computed by the second run
         assert after[p][0]["run"] != after[p][-1]["run"], f"{p.name}: the cell was not resumed"
-    assert (out / "table.csv").read_text() == golden_path(table).read_text()
+    assert tables.golden_form((out / "table.csv").read_text()) == golden_path(table).read_text()
 
 
 def test_two_processes_shard_the_samples_and_give_the_same_table(tmp_path):
@@ -124,7 +132,7 @@ def test_two_processes_shard_the_samples_and_give_the_same_table(tmp_path):
         assert [len(k) for k in keys] == [2, 1], f"{cell.name}: answers per rank {[len(k) for k in keys]}"
         assert len(set(keys[0] + keys[1])) == 3
         assert json.loads(cell.read_text())["n_samples"] == 3
-    assert (out / "table.csv").read_text() == (tmp_path / "alone" / "table.csv").read_text()
+    assert tables.golden_form((out / "table.csv").read_text()) == tables.golden_form((tmp_path / "alone" / "table.csv").read_text())
 
 
 def test_a_record_of_another_configuration_is_evaluated_again(tmp_path):
