@@ -164,13 +164,22 @@ MUTANTS = {
     "exact cosine rule >= instead of >": (
         "d2pruner/spec.py", "return lhs > 0 and lhs * lhs > rhs_sq", "return lhs > 0 and lhs * lhs >= rhs_sq"),
     "rows not scaled before their norms": (
-        "d2pruner/fast/graph.py", "        x = _scaled(x, e)\n", ""),
+        "d2pruner/fast/graph.py", "            x = x * torch.exp2((-e).clamp(max=top).to(dtype))[..., None]", "            pass"),
     "compat: no floor": (
         "d2pruner/compat.py", "    if version < FLOOR:", "    if False:"),
     "records: the output lock never refuses a second run": (
         "reproduce/records.py", "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", "pass"),
     "run: a --rows subset drops the cells earlier runs recorded": (
         "reproduce/run.py", "            if record is not None:\n                earlier[", "            if False:\n                earlier["),
+    "convert: key and value heads of a KV group swapped": (
+        "d2pruner/models/convert_internvl.py", "k = per_group[:, groups].reshape", "k = per_group[:, groups + 1].reshape"),
+    "convert: InternLM2's rope scaling dropped": (
+        "d2pruner/models/convert_internvl.py", 'return {"rope_type": kind, "factor": float(scaling["factor"]), "rope_theta": theta}',
+        'return {"rope_type": "default", "rope_theta": theta}'),
+    "convert: finished shards written again": (
+        "d2pruner/models/convert_internvl.py", 'if name in record["shards"] and (out / target).exists():', "if False:"),
+    "internvl3: the family chosen by model_type alone": (
+        "d2pruner/models/family.py", "return not self.text_model_types or getattr(", "return True or getattr("),
 }
 
 

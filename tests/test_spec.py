@@ -169,3 +169,21 @@ def test_near_threshold_strategy_puts_theta_on_a_pair(drawn):
         validate_item(case.attn, case.prior, case.features, case.layout, case.n_keep)
         held = torch.tensor(case.features).to(getattr(torch, dtype)).double().numpy()
         assert np.array_equal(held, case.features), f"features not exact in {dtype}"
+
+
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+@pytest.mark.parametrize("features,theta,kept", [
+    # cos(0, 1) = -1/2 exactly; float64 gives -0.4999999999999999: no edge at theta = -0.5, an edge just below
+    ([[-4.0, -4.0, 0.0], [0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], -0.5, [0, 1]),
+    ([[-4.0, -4.0, 0.0], [0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], float(np.nextafter(-0.5, -1.0)), [0, 2]),
+    ([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0], [-1.0, -1.0, -1.0]], 0.5, [0, 1]),  # cos(0, 1) = 1/2 exactly
+    ([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0], [-1.0, -1.0, -1.0]], float(np.nextafter(0.5, 0.0)), [0, 2]),
+])
+def test_a_cosine_at_theta_is_decided_exactly(backend, features, theta, kept):
+    """The strict rule on the exact cosine: tokens 0 and 1 are joined iff cos(0, 1) > theta; if they are
+    not, the MIS takes both, else token 0 and then token 2 (joined to neither)."""
+    from d2pruner import select_tokens
+
+    cfg = D2PrunerConfig(pivot_ratio=0.0, sim_threshold=theta)
+    sel = select_tokens(np.array([0.5, 0.25, 0.125]), np.array(features), TokenLayout.grid(1, 3), 2, config=cfg, backend=backend)
+    assert sel.kept.tolist() == kept and sel.counts()["mis"] == 2, f"{backend} at theta={theta!r}: {sel}"
