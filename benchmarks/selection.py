@@ -10,7 +10,10 @@ For every (device, N, B, D) it times, side by side in one run and on identical i
 
 and prints ``fast / matmul``, ``fast / reference``, the number of MIS rounds and the peak extra
 resident memory of one fast call and of one matmul (``peak MiB``: the process's high-water mark,
-reset before the call through ``/proc/self/clear_refs``, minus its resident size then).
+reset before the call through ``/proc/self/clear_refs``, minus its resident size then). Memory the
+allocator had kept from earlier calls is reused without growing the resident size, so small
+figures (tens of MiB, after warm-up calls) read low, down to 0; blocks above glibc's mmap threshold
+(32 MiB at most), which make up the large figures, are returned on free and measured in full.
 
 Two more tables, measured in the same run:
 
