@@ -45,7 +45,7 @@ import warnings
 from typing import Any, Mapping
 
 __all__ = ["FLOOR", "NEWEST_KNOWN", "CEILING", "TRANSFORMERS_VERSION", "CACHE_ARGUMENT", "MODEL_ARGUMENTS",
-           "LAYER_ARGUMENTS", "UnsupportedTransformersError", "parse_version", "cache_argument", "get_cache",
+           "LAYER_ARGUMENTS", "TEXT_MODEL_ARGUMENTS", "UnsupportedTransformersError", "parse_version", "cache_argument", "get_cache",
            "check_transformers"]
 
 FLOOR = (5, 23, 0)  # the oldest version CI runs the suite on
@@ -88,6 +88,8 @@ MODEL_ARGUMENTS = ("input_ids", "inputs_embeds", "pixel_values", "attention_mask
                    CACHE_ARGUMENT)
 #: What the hooks read from (and, when cutting, write into) a decoder layer's call arguments.
 LAYER_ARGUMENTS = ("hidden_states", "attention_mask", "position_ids", "position_embeddings", CACHE_ARGUMENT)
+#: What the hooks read from (and, pruning before the LLM, write into) the text model's call arguments.
+TEXT_MODEL_ARGUMENTS = ("inputs_embeds", "attention_mask", "position_ids")
 
 
 def get_cache(kwargs: Mapping[str, Any]) -> Any:
@@ -109,12 +111,15 @@ def _accepts(fn, names) -> list[str]:
     return [n for n in names if n not in params]
 
 
-def check_transformers(inner=None, layer=None, version: tuple[int, int, int] | None = None) -> None:
+def check_transformers(inner=None, layer=None, version: tuple[int, int, int] | None = None, *, text_model=None,
+                       extra: Mapping[str, tuple[str, ...]] | None = None) -> None:
     """Refuse a transformers version (or model) the hooks cannot serve; warn for an untested newer 5.x.
 
     ``inner`` is the multimodal model's inner module (whose forward receives :data:`MODEL_ARGUMENTS`),
-    ``layer`` one decoder layer (:data:`LAYER_ARGUMENTS`); when given, their forward signatures must
-    name every argument the hooks read.
+    ``layer`` one decoder layer (:data:`LAYER_ARGUMENTS`), ``text_model`` the language model
+    (:data:`TEXT_MODEL_ARGUMENTS`); ``extra`` adds a family's own names per part (``"model"``,
+    ``"text_model"``, ``"layer"``: e.g. Qwen-VL's image grids). When given, their forward signatures
+    must name every argument the hooks read.
 
     >>> check_transformers(version=(5, 22, 0))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -144,11 +149,13 @@ def check_transformers(inner=None, layer=None, version: tuple[int, int, int] | N
                       f"{cache_argument(version)!r} and check the model's signatures, but compare a pruned run "
                       "with tests/test_models.py before trusting it", stacklevel=3)
     arg = cache_argument(version) if given else CACHE_ARGUMENT
-    for module, names, what in ((inner, MODEL_ARGUMENTS[:-1] + (arg,), "multimodal model"),
-                                (layer, LAYER_ARGUMENTS[:-1] + (arg,), "decoder layer")):
+    extra = extra or {}
+    for module, names, what, part in ((inner, MODEL_ARGUMENTS[:-1] + (arg,), "multimodal model", "model"),
+                                      (text_model, TEXT_MODEL_ARGUMENTS, "text model", "text_model"),
+                                      (layer, LAYER_ARGUMENTS[:-1] + (arg,), "decoder layer", "layer")):
         if module is None:
             continue
-        missing = [n for n in _accepts(module.forward, names) if n != "mm_encoder_outputs"]
+        missing = _accepts(module.forward, names + tuple(extra.get(part, ())))
         if missing:
             raise UnsupportedTransformersError(
                 f"transformers {shown}: {type(module).__name__}.forward takes no {', '.join(map(repr, missing))}, "

@@ -94,3 +94,28 @@ def test_attach_refuses_a_model_whose_layers_lost_an_argument(monkeypatch):
     monkeypatch.setattr(layers[0], "forward", _OldLayer().forward)
     with pytest.raises(compat.UnsupportedTransformersError, match="'position_embeddings'"):
         llava.attach(model, 64)
+
+
+def test_a_text_model_without_the_deepstack_arguments_is_refused_for_qwen3_only():
+    """A family's own arguments are checked too: Qwen3-VL's hooks read the text model's DeepStack inputs."""
+    from d2pruner.models import qwen_vl
+
+    class _PlainText(torch.nn.Module):
+        def forward(self, inputs_embeds=None, attention_mask=None, position_ids=None, **kwargs):
+            return inputs_embeds
+
+    model = tiny.tiny_qwen3_vl()
+    with pytest.raises(compat.UnsupportedTransformersError, match=r"_PlainText\.forward takes no 'visual_pos_masks'"):
+        compat.check_transformers(model.model, text_model=_PlainText(), extra=qwen_vl.QWEN3_VL.hook_arguments)
+    compat.check_transformers(model.model, text_model=_PlainText(), extra=qwen_vl.QWEN2_5_VL.hook_arguments)
+    compat.check_transformers(model.model, model.model.language_model.layers[0], text_model=model.model.language_model,
+                              extra=qwen_vl.QWEN3_VL.hook_arguments)  # the real one passes
+
+
+def test_a_text_model_without_position_ids_is_refused():
+    class _NoPositions(torch.nn.Module):
+        def forward(self, inputs_embeds=None, attention_mask=None, **kwargs):
+            return inputs_embeds
+
+    with pytest.raises(compat.UnsupportedTransformersError, match="text model's call arguments"):
+        compat.check_transformers(text_model=_NoPositions())

@@ -393,3 +393,12 @@ def test_a_video_after_a_non_empty_cache_is_refused_not_taken_for_a_decoding_ste
         with qwen_vl.attach(model, 0.5) as handle, pytest.raises(ValueError, match="after a non-empty KV cache"):
             model(**rest, past_key_values=cache, use_cache=True)
     assert handle.stats == []
+
+
+def test_prior_resampling_is_checked_at_attach():
+    with pytest.raises(ValueError, match=r"prior_resampling='cubic': the qwen2_5_vl family resamples its prior by one of"):
+        qwen_vl.attach(qwen_model("qwen2_5_vl"), 8, prior_resampling="cubic")
+    from d2pruner.models import llava, tiny
+
+    with pytest.raises(ValueError, match="applies its prior blocks as they are"):
+        llava.attach(tiny.tiny_llava(), 8, prior_resampling="nearest")

@@ -69,6 +69,12 @@ class ModelFamily:
     #: against it and the FLOPs column counts it), and what it stands for when images vary.
     row_visual_tokens: ClassVar[int | None] = None
     row_visual_note: ClassVar[str] = ""
+    #: How a prior block can be resampled to a view of another size (``attach(..., prior_resampling=...)``);
+    #: empty: the blocks fit the views as they are.
+    prior_resamplings: ClassVar[tuple[str, ...]] = ()
+    #: Call arguments the family's own hooks read beyond the shared ones (:mod:`d2pruner.compat`), per
+    #: part: ``"model"`` (the inner multimodal model), ``"text_model"``, ``"layer"``; checked by ``attach``.
+    hook_arguments: ClassVar[Mapping[str, tuple[str, ...]]] = {}
     #: The forward arguments that carry images or videos to encode (a pass with any of them is a prompt pass).
     pixel_inputs: ClassVar[tuple[str, ...]] = ("pixel_values",)
     #: The token that ends an assistant turn in the chat template (answers stop there), or None.

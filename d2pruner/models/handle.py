@@ -436,7 +436,8 @@ def attach(model, budget: Any, *, family=None, config: D2PrunerConfig | None = N
     family = family_for_model(model) if family is None else get_family(family) if isinstance(family, str) else family
     family.check_model(model)
     inner = family.inner(model)
-    compat.check_transformers(inner, inner.language_model.layers[0])
+    compat.check_transformers(inner, inner.language_model.layers[0], text_model=inner.language_model,
+                              extra=family.hook_arguments)
     method = resolve_method(method, config, backend)
     why = family.refusal(method)
     if why is not None:
@@ -451,6 +452,11 @@ def attach(model, budget: Any, *, family=None, config: D2PrunerConfig | None = N
         if not hasattr(handle, key):
             handle.remove()
             raise ValueError(f"unknown option {key!r} for the {family.name} family")
+        if key == "prior_resampling" and value not in family.prior_resamplings:
+            handle.remove()
+            raise ValueError(f"prior_resampling={value!r}: the {family.name} family "
+                             + (f"resamples its prior by one of {family.prior_resamplings}" if family.prior_resamplings
+                                else "applies its prior blocks as they are (its views do not vary in size)"))
         setattr(handle, key, value)
     model.__dict__[_ATTACHED] = weakref.ref(handle)  # not a module attribute: state_dict and repr ignore it
     return handle

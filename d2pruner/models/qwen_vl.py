@@ -257,6 +257,8 @@ class QwenVLFamily(ModelFamily):
     prior_per = "normalised image position (a 24 x 24 grid resampled to each image or frame group, each scaled to mean 1)"
     renumber_before_llm = False
     pixel_inputs = ("pixel_values", "pixel_values_videos")
+    prior_resamplings = RESAMPLING
+    hook_arguments = {"model": ("pixel_values_videos", "image_grid_thw", "video_grid_thw", "position_ids")}
     row_visual_tokens = 576  # a 24 x 24-token reference image (672 px for Qwen2.5-VL, 768 px for Qwen3-VL)
     row_visual_note = "a 24 x 24-token reference image; a real image's count follows its size"
     chat_turn_end = "<|im_end|>"
@@ -497,6 +499,7 @@ class Qwen3VLFamily(QwenVLFamily):
     frames_per_run = True
     deepstack = True
     box_scale = 1000.0  # Qwen3-VL grounds in [0, 1000] relative coordinates
+    hook_arguments = {**QwenVLFamily.hook_arguments, "text_model": ("visual_pos_masks", "deepstack_visual_embeds")}
 
     def model_classes(self):
         from transformers import Qwen3VLForConditionalGeneration, Qwen3VLModel
