@@ -29,7 +29,7 @@ def _natural(name: str) -> list:
 
 
 def _order(path: pathlib.Path) -> tuple:
-    beyond = json.loads(path.read_text()).get("paper_file") is None
+    beyond = json.loads(path.read_text())["paper_file"] is None  # every spec names its paper file, or null
     return beyond, _natural(path.stem)
 
 
@@ -58,6 +58,43 @@ def family_models() -> dict[str, str]:
         if out.setdefault(model["family"], model["id"]) != model["id"]:
             raise ValueError(f"the specs give family {model['family']!r} two models: {out[model['family']]!r}, {model['id']!r}")
     return out
+
+
+def model_choice(spec: dict, model_path: str | None = None, smoke: bool = False) -> dict:
+    """The model a run of the table loads and which weights those are: ``{"model", "prior", "weights"}``.
+
+    By default the spec's ``model.id`` (for InternVL-2.5 the MPO build, ``model.weights`` says so). A
+    ``--model PATH`` folder written by :mod:`d2pruner.models.convert_internvl` (its ``conversion.json``
+    complete) is the spec's ``model.base``: the paper's base weights, with the base prior as default.
+    Any other folder is named as a local folder. Every table's heading and every cell's provenance
+    carry the ``weights`` sentence.
+
+    >>> spec = load_spec("table3")
+    >>> model_choice(spec)["weights"][:60]
+    'OpenGVLab/InternVL2_5-8B-MPO-hf: MPO: the transformers-nativ'
+    >>> model_choice(spec, "/no/such/folder")["weights"][:31]
+    'local folder /no/such/folder (g'
+
+    >>> model_choice(spec, smoke=True)["weights"]
+    'tiny_internvl (tiny random weights)'
+    """
+    from d2pruner.models.convert_internvl import conversion_record
+
+    mspec = spec["model"]
+    if smoke:
+        model = spec["smoke"]["model"]
+        return {"model": model, "prior": None, "weights": f"{model} (tiny random weights)"}
+    if model_path is None:
+        words = f"{mspec['id']}: {mspec['weights']}" if mspec.get("weights") else mspec["id"]
+        return {"model": mspec["id"], "prior": mspec["prior"], "weights": words}
+    record = conversion_record(model_path)
+    base = mspec.get("base")
+    if record is not None and base is not None:
+        return {"model": str(model_path), "prior": base["prior"],
+                "weights": f"{base['id']}: {base['weights']} (folder {model_path}, from {record['source']} by "
+                           f"{record['converter']})"}
+    return {"model": str(model_path), "prior": mspec["prior"],
+            "weights": f"local folder {model_path} (given with --model; not a conversion by d2pruner.models.convert_internvl)"}
 
 
 def paper_values(spec: dict) -> dict[tuple[str, str, str], float | None]:
