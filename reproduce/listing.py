@@ -9,7 +9,7 @@ from reproduce.specs import ROOT, TABLES, load_spec
 
 def summaries() -> list[dict]:
     """One summary per table spec: model, rows (implemented or not), columns, known paper cells."""
-    from reproduce.specs import select_rows
+    from reproduce.specs import model_choice, select_rows
 
     out = []
     for table in TABLES:
@@ -21,7 +21,8 @@ def summaries() -> list[dict]:
         known = sum(r["value"] != "unknown" for r in paper)
         runnable, skipped = select_rows(spec, smoke=False, wanted=None)
         out.append({"table": spec["table"], "spec_version": spec["spec_version"], "caption": spec["caption"],
-                    "model": spec["model"]["id"], "rows": len(spec["rows"]), "runnable_rows": len(runnable),
+                    "model": spec["model"]["id"], "weights": model_choice(spec)["weights"],
+                    "base": spec["model"].get("base"), "rows": len(spec["rows"]), "runnable_rows": len(runnable),
                     "not_run": [(f"{m}@{b}", why) for m, b, why in skipped],
                     "columns": [c["benchmark"] for c in spec["columns"]],
                     "paper_cells": len(paper), "known_cells": known, "beyond_paper": spec["paper_file"] is None})
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     for s in summaries():
         print(f"{s['table']} (spec v{s['spec_version']}): {s['caption']}")
         print(f"  model {s['model']}; {s['rows']} rows, {s['runnable_rows']} runnable")
+        print(f"  weights: {s['weights']}")
+        if s["base"]:
+            print(f"  base weights ({s['base']['id']}): {s['base']['how']}")
         for label, why in s["not_run"]:
             print(f"  not run: {label}: {why.split(': ')[0] if len(why) > 100 else why}")
         print(f"  columns: {', '.join(s['columns'])}")

@@ -40,7 +40,7 @@ import pathlib
 import sys
 
 # TABLES and load_spec are also read from here by scripts/update_goldens.py
-from reproduce.specs import ROOT, TABLES, load_spec, select_columns, select_rows  # noqa: F401
+from reproduce.specs import ROOT, TABLES, load_spec, model_choice, select_columns, select_rows  # noqa: F401
 
 
 def parse_args(table: str, argv: list[str]) -> argparse.Namespace:
@@ -52,7 +52,9 @@ def parse_args(table: str, argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", type=pathlib.Path, help="output folder (default results/<table>[-smoke])")
     p.add_argument("--batch-size", type=int, default=None, help="requests per forward pass (default 8 on GPU, 2 on CPU)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
-    p.add_argument("--model-path", help="local folder of the checkpoint instead of the spec's hub id")
+    p.add_argument("--model", "--model-path", dest="model_path",
+                   help="local folder of the checkpoint instead of the spec's hub id; for InternVL a folder converted "
+                        "by python -m d2pruner.models.convert_internvl runs the paper's base weights")
     p.add_argument("--revision", help="checkpoint revision")
     p.add_argument("--prior", type=pathlib.Path, help="prior file (default: the spec's path, relative to the current folder)")
     args = p.parse_args(argv)
@@ -77,12 +79,12 @@ def main(table: str, argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    mspec = spec["model"]
+    choice = model_choice(spec, args.model_path, args.smoke)
     out = args.out or ROOT / "results" / (table + ("-smoke" if args.smoke else ""))
-    prior = out / "prior.json" if args.smoke else args.prior or pathlib.Path(mspec["prior"])
+    prior = out / "prior.json" if args.smoke else args.prior or pathlib.Path(choice["prior"])
     if not args.smoke:
         try:
-            inputs.check_inputs(spec, rows, columns, args.model_path or mspec["id"], args.revision, prior)
+            inputs.check_inputs(spec, rows, columns, choice["model"], args.revision, prior)
         except inputs.MissingInputs as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -132,7 +134,7 @@ def _run(table, argv, args, spec, rows, skipped, columns, device, out, prior) ->
         max_tiles = int(spec["smoke"].get("max_tiles", 4))
         revision = None
     else:
-        model_id, dtype, limit = args.model_path or mspec["id"], mspec["dtype"], args.limit
+        model_id, dtype, limit = model_choice(spec, args.model_path)["model"], mspec["dtype"], args.limit
         max_tiles, revision = int(mspec.get("max_tiles") or 12), args.revision
     from d2pruner.measure import choose_attention
 
@@ -158,6 +160,7 @@ def _run(table, argv, args, spec, rows, skipped, columns, device, out, prior) ->
                   "dtype": dtype, "attn_implementation": attn, "max_tiles": max_tiles,
                   "prior_sha256": adapter.file_sha256(prior) if prior.exists() else None, "smoke": args.smoke,
                   "max_new_tokens_cap": adapter_kwargs["max_new_tokens_cap"],
+                  "weights": model_choice(spec, args.model_path, args.smoke)["weights"],
                   "command": "python -m reproduce " + " ".join([table, *(argv or [])])}
     cells: dict = {}
     rank0 = rank == 0
@@ -175,7 +178,8 @@ def _run(table, argv, args, spec, rows, skipped, columns, device, out, prior) ->
     shown, earlier = recorded_cells(spec, rows, cells, out, limit, adapter_kwargs)
     lines = tables.build_table(spec, shown, skipped, {**earlier, **cells})
     records.write_text_atomic(out / "table.csv", tables.table_csv(lines))
-    md = tables.table_markdown(spec, lines, tables.table_header(spec, args.smoke, model_id, limit))
+    weights = model_choice(spec, args.model_path, args.smoke)["weights"]
+    md = tables.table_markdown(spec, lines, tables.table_header(spec, args.smoke, weights, limit))
     records.write_text_atomic(out / "table.md", md)
     print(md)
     if earlier:

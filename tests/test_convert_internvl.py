@@ -321,3 +321,28 @@ def test_wqkv_split_matches_the_per_group_reading():
     assert torch.equal(qb, q[:, 0]) and torch.equal(kb, k[:, 0]) and torch.equal(vb, v[:, 0])
     with pytest.raises(ValueError, match="does not split into 2 KV groups"):
         conv.split_wqkv(fused[:-1], heads, kv)
+
+
+def test_tables_choose_the_base_weights_for_a_converted_folder(tmp_path, capsys):
+    """``--model PATH`` with a converted folder: the spec's base model, its prior, and the words every
+    table heading and cell record carry; ``reproduce list`` shows the choice."""
+    from reproduce import listing
+    from reproduce.run import parse_args
+    from reproduce.specs import load_spec, model_choice
+
+    write_checkpoint(tmp_path / "src")
+    out = conv.convert(tmp_path / "src", tmp_path / "out", progress=False)
+    for table in ("table2", "table3"):
+        spec = load_spec(table)
+        default = model_choice(spec)
+        assert default["model"] == "OpenGVLab/InternVL2_5-8B-MPO-hf" and "preference-tuned (MPO) weights" in default["weights"]
+        chosen = model_choice(spec, str(out))
+        assert chosen["model"] == str(out) and chosen["prior"] == "priors/internvl2_5-8b.json"
+        assert chosen["weights"].startswith("OpenGVLab/InternVL2_5-8B: the paper's InternVL-2.5-8B (base weights)")
+        assert str((tmp_path / "src").resolve()) in chosen["weights"]
+    assert parse_args("table3", ["--model", str(out)]).model_path == str(out)
+    assert parse_args("table3", ["--model-path", str(out)]).model_path == str(out)
+    listing.main([])
+    shown = capsys.readouterr().out
+    assert "weights: OpenGVLab/InternVL2_5-8B-MPO-hf: MPO" in shown
+    assert "base weights (OpenGVLab/InternVL2_5-8B): python -m d2pruner.models.convert_internvl" in shown
