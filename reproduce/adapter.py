@@ -316,6 +316,7 @@ def _make_class():
             self.measure = str(measure).lower() not in ("false", "0", "no", "off")
             self._meter = None
             self._warm = False
+            self._dtype = self.model.dtype  # lmms-eval deletes the model (lmms.clean) after an evaluation
 
         @property
         def cache(self) -> SampleCache | None:
@@ -383,7 +384,7 @@ def _make_class():
                 return None
             from d2pruner import measure
 
-            return measure.measurement_context(self.device, self.model.dtype, self.batch_size_per_gpu, self.world_size)
+            return measure.measurement_context(self.device, self._dtype, self.batch_size_per_gpu, self.world_size)
 
         def generate_until(self, requests) -> list[str]:
             from d2pruner.models.loading import build_batch
