@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from d2pruner.models import internvl, llava
+from d2pruner.models import attach
 from d2pruner.models.family import family_names, get_family
 from d2pruner.models.loading import build_inputs, load_model
 
@@ -49,18 +49,16 @@ def test_real_checkpoint_prunes_generates_and_keeps_everything_exactly(loaded):
     model, processor, family = loaded
     image = photo()
     inputs = build_inputs(processor, family, image, "What is in the image?", max_tiles=6, device=model.device)
-    mod = llava if family == "llava" else internvl
+    fam = get_family(family)
     with torch.no_grad():
         base = model(**inputs).logits[:, -1].float()
-        with mod.attach(model, 1.0) as handle:
-            if family == "internvl":
-                handle.set_image_sizes([(image.height, image.width)])
+        with attach(model, 1.0) as handle:
+            handle.set_item_hints(fam.item_hints(processor, [image], 6))
             keep_all = model(**inputs).logits[:, -1].float()
-        with mod.attach(model, 64 if family == "llava" else 0.1) as handle:
-            if family == "internvl":
-                handle.set_image_sizes([(image.height, image.width)])
+        with attach(model, 0.1) as handle:
+            handle.set_item_hints(fam.item_hints(processor, [image], 6))
             out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert (keep_all - base).abs().max().item() < 1e-2
     stats = handle.stats[0]
-    want = 64 if family == "llava" else max(1, int(np.floor(0.1 * stats.n_visual_before + 0.5)))
+    want = max(1, int(np.floor(0.1 * stats.n_visual_before + 0.5)))
     assert stats.n_visual_after == want and out.shape[1] == inputs["input_ids"].shape[1] + 8
