@@ -18,7 +18,8 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reproduce import run, tables  # noqa: E402
+from reproduce import run  # noqa: E402
+from reproduce.tables import golden_form  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -35,7 +36,7 @@ def main(argv: list[str]) -> int:
                 return done.returncode
             golden = ROOT / "reproduce" / "golden" / f"{table}-smoke.spec-v{run.load_spec(table)['spec_version']}.csv"
             golden.parent.mkdir(exist_ok=True)
-            golden.write_text(tables.golden_form((out / "table.csv").read_text()))  # timings masked
+            golden.write_text(golden_form((out / "table.csv").read_text()))  # timings masked
             print(f"wrote {golden.relative_to(ROOT)}")
     return 0
 
