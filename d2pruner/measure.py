@@ -333,17 +333,26 @@ def choose_attention(preferences: Sequence[str] | str, device: str | torch.devic
 
 
 def use_attention(model: torch.nn.Module, preferences: Sequence[str] | str, device: str | torch.device,
-                  supported: Sequence[str] | None = None) -> tuple[str, list[str]]:
+                  supported: Sequence[str] | None = None, part: str | None = None) -> tuple[str, list[str]]:
     """Switch ``model`` (a loaded transformers model) to the first of ``preferences`` that runs here
     (:func:`choose_attention`; one that the model itself then refuses is passed over too) and return it,
-    with why each earlier one was passed over."""
+    with why each earlier one was passed over. ``part``: only that sub-model (a key of the config's
+    ``sub_configs``, e.g. ``"text_config"``: the language model; the others keep theirs).
+
+    >>> from d2pruner.models import tiny
+    >>> model = tiny.tiny_llava(attn_implementation="eager")
+    >>> use_attention(model, ["flash_attention_2", "sdpa"], "cpu", part="text_config")[0]
+    'sdpa'
+    >>> attention_of(model), model.config.vision_config._attn_implementation
+    ('sdpa', 'eager')
+    """
     prefs = [preferences] if isinstance(preferences, str) else list(preferences)
     why: list[str] = []
     while prefs:
         name, skipped = choose_attention(prefs, device, supported)
         why += skipped
         try:
-            model.set_attn_implementation(name)
+            model.set_attn_implementation({part: name} if part in getattr(model.config, "sub_configs", {}) else name)
         except (ImportError, ValueError, RuntimeError) as err:
             why.append(f"{name}: {err}")
             prefs = prefs[prefs.index(name) + 1:]

@@ -47,7 +47,9 @@ def row_attention(spec: dict, row, device: str, model=None) -> tuple[str, list[s
     (:data:`d2pruner.models.handle.SUPPORTED_ATTENTION`: they cut the 4-D attention mask, which
     FlashAttention does not take). No method here needs eager attention weights: each computes the
     attention rows it reads from the layer's q/k. With ``model`` (the loaded model shared between rows)
-    the model is switched to it (:func:`d2pruner.measure.use_attention`).
+    the model is switched to it (:func:`d2pruner.measure.use_attention`): the whole model to the fastest,
+    then, for a pruned row, its language model alone to the one the hooks support (the vision tower,
+    where no method prunes, runs the same kernel in every row).
 
     >>> from reproduce.specs import Row, load_spec
     >>> row_attention(load_spec("table1"), Row("Vanilla", "576", None), "cpu")[0]
@@ -60,7 +62,10 @@ def row_attention(spec: dict, row, device: str, model=None) -> tuple[str, list[s
     supported = None if row.key is None else SUPPORTED_ATTENTION
     if model is None:
         return measure.choose_attention(prefs, device, supported)
-    return measure.use_attention(model, prefs, device, supported)
+    fastest, why = measure.use_attention(model, prefs, device)
+    if supported is None or fastest in supported:
+        return fastest, why
+    return measure.use_attention(model, prefs, device, supported, part="text_config")
 
 
 def run_cell(*, spec: dict, row, bench, out: pathlib.Path, adapter_kwargs: dict, limit: int | None,
@@ -94,8 +99,9 @@ def run_cell(*, spec: dict, row, bench, out: pathlib.Path, adapter_kwargs: dict,
     method, budget = row.key or "none", row.budget if row.key else None
     shared = adapter_kwargs.get("model")
     attn, passed_over = row_attention(spec, row, adapter_kwargs["device"], shared[0] if shared else None)
-    provenance = {**provenance, "attn_implementation": attn, "attn_passed_over": passed_over,
-                  "batch_size": adapter_kwargs["batch_size"]}
+    vision = getattr(getattr(shared[0].config, "vision_config", None), "_attn_implementation", None) if shared else None
+    provenance = {**provenance, "attn_implementation": attn, "attn_implementation_vision": vision,
+                  "attn_passed_over": passed_over, "batch_size": adapter_kwargs["batch_size"]}
     lm = adapter.adapter_class()(method=method, budget=budget, cache=str(cache),
                                  **{**adapter_kwargs, "attn_implementation": attn})
     started = time.time()

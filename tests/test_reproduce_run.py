@@ -367,3 +367,22 @@ def test_a_rows_subset_keeps_the_rows_earlier_runs_computed(tmp_path, monkeypatc
     md = (out / "table.md").read_text()
     assert "| Vanilla | 576 |" in md and "| FastV | 64 |" in md
     assert "1 cell of earlier runs" in capsys.readouterr().out
+
+
+def test_rows_run_their_attention_the_unpruned_the_fastest_pruned_what_the_hooks_support(monkeypatch):
+    """The spec's preference order: the unpruned row switches the shared model to the fastest that runs; a
+    pruned row its language model alone to the fastest the hooks support (here, with the hooks pretending to
+    support eager only, sdpa plays FlashAttention's part), the vision tower keeping the fastest."""
+    from d2pruner.measure import attention_of
+    from d2pruner.models import handle, tiny
+
+    spec = {"model": {"attn_implementation": ["flash_attention_2", "sdpa", "eager"]}}
+    model = tiny.tiny_llava(attn_implementation="eager")
+    monkeypatch.setattr(handle, "SUPPORTED_ATTENTION", ("eager",))
+    name, why = cell.row_attention(spec, Row("Vanilla", "576", None), "cpu", model)
+    assert name == "sdpa" and why[0].startswith("flash_attention_2 needs a CUDA device")
+    assert attention_of(model) == model.config.vision_config._attn_implementation == "sdpa"
+    name, why = cell.row_attention(spec, Row("FastV", "64", "fastv"), "cpu", model)
+    assert name == "eager" and "sdpa: not supported here (supported: eager)" in why
+    assert attention_of(model) == "eager" and model.config.vision_config._attn_implementation == "sdpa"
+    assert cell.row_attention(spec, Row("FastV", "64", "fastv"), "cpu")[0] == "eager"  # without a model: the choice
