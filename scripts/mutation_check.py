@@ -180,6 +180,18 @@ MUTANTS = {
         "d2pruner/models/convert_internvl.py", 'if name in record["shards"] and (out / target).exists():', "if False:"),
     "internvl3: the family chosen by model_type alone": (
         "d2pruner/models/family.py", "return not self.text_model_types or getattr(", "return True or getattr("),
+    "llava_next: newline tokens offered as visual tokens": (
+        "d2pruner/models/llava_next.py", "self.side ** 2 + r * (self.cols + 1) + c])", "self.side ** 2 + r * self.cols + c])"),
+    "llava_next: the canvas margins not skipped in the vision records": (
+        "d2pruner/models/llava_next.py", "top, left = (self.crop_rows * s - self.rows) // 2, (self.crop_cols * s - self.cols) // 2",
+        "top, left = 0, 0"),
+    "llava_next: the prior resampled to the canvas by the wrong rule": (
+        "d2pruner/models/llava_next.py", "view = resample_grid(grid, rows, cols, resampling)",
+        'view = resample_grid(grid, rows, cols, "nearest")'),
+    "llava_next: prior views not scaled to mean 1": (
+        "d2pruner/models/llava_next.py", "blocks.append(block / block.mean())", "blocks.append(block)"),
+    "llava_next: a pre-encoded image's canvas one column wider": (
+        "d2pruner/models/llava_next.py", "cols = (n - side * side) // rows - 1", "cols = (n - side * side) // rows"),
 }
 
 
