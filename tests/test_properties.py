@@ -10,10 +10,28 @@ import torch
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from d2pruner.spec import D2PrunerConfig, Role, TokenLayout
+from d2pruner.spec import D2PrunerConfig, Role, TokenLayout, is_edge, spatially_adjacent
 from d2pruner.testing import SelectionCase, batches, near_threshold_batches, selection_cases
 from conftest import DEVICES
-from helpers import BACKENDS, adjacency, n_pivots, ranks, run, run_fast_batch, run_reference
+from helpers import BACKENDS, n_pivots, ranks, run, run_fast_batch, run_reference
+
+def adjacency(case: SelectionCase) -> np.ndarray:
+    """The full hybrid-graph adjacency over all N tokens from the spec's edge rule in float64 (exact enough:
+    the strategies keep every fused similarity 1e-4 from theta). Rows are scaled by a power of two before
+    their norms, as the spec says, so a tiny non-zero row is a direction, not a zero. No self-loops."""
+    f = np.ldexp(case.features, -np.frexp(np.abs(case.features).max(axis=1))[1][:, None])
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    lay = case.layout
+    adj = spatially_adjacent(lay.view[:, None], lay.row[:, None], lay.col[:, None], lay.view[None], lay.row[None],
+                             lay.col[None], case.config.spatial_radius)
+    a = is_edge(f @ f.T, adj, case.config)
+    np.fill_diagonal(a, False)
+    return a
+
+
+_TINY_ROW_CASE = SelectionCase(  # a row of -4.3e-21 points away from row 0 (cos -1), it is not a zero row (cos 0)
+    np.zeros(6), None, np.array([[1.0], [0.0], [0.0], [0.0], [0.0], [-4.26942488e-21]]), TokenLayout.grid(2, 3), 2,
+    D2PrunerConfig(pivot_ratio=0.0, sim_threshold=-0.00019999999494757503))
 
 # Counterexamples found while developing, pinned (see each comment).
 _TIE_CASE = SelectionCase(  # all scores tied: order must fall back to the index
@@ -34,7 +52,7 @@ _NEAR_TIE_CASE = SelectionCase(  # float32 scores would tie (then index 0 wins);
 _SUBNORMAL_CASE = SelectionCase(
     np.array([0.0, 0.0, 1.401298464324817e-45]), None, np.zeros((3, 1)), TokenLayout.grid(1, 3), 1, D2PrunerConfig())
 
-PINNED = (_TIE_CASE, _DENSE_CASE, _BLOCK_CASE, _NEG_ZERO_CASE, _NEAR_TIE_CASE)
+PINNED = (_TIE_CASE, _DENSE_CASE, _BLOCK_CASE, _NEG_ZERO_CASE, _NEAR_TIE_CASE, _TINY_ROW_CASE)
 
 
 def pin(test=None, **extra):
