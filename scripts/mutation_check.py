@@ -207,6 +207,7 @@ def run_mutant(name: str, path: str, old: str, new: str) -> tuple[bool, str]:
         env = {**os.environ, "HYPOTHESIS_PROFILE": "dev", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(dst)}
         # The tests most likely to notice first (seconds), then, if they all pass, the whole suite.
         quick = (["tests/test_qwen.py"] if path == "d2pruner/models/qwen_vl.py" else
+                 ["tests/test_llava_next.py"] if path == "d2pruner/models/llava_next.py" else
                  QUICK_MODELS if path.startswith("d2pruner/models/") else
                  ["tests/test_compat.py"] + QUICK_MODELS if path == "d2pruner/compat.py" else
                  QUICK_CORE + QUICK_MODELS if path.startswith("d2pruner/methods/") else
