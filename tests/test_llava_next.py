@@ -345,7 +345,7 @@ def test_vision_records_line_up_with_the_visual_tokens():
 # --- the prior ----------------------------------------------------------------------------------------
 
 def test_prior_spreads_over_the_base_view_as_is_and_over_the_canvas_resampled():
-    from d2pruner.models.qwen_vl import resample_grid
+    from d2pruner.models.prior.grid import resample_grid
 
     m = model()
     values = torch.rand(144, generator=torch.Generator().manual_seed(1)).double() + 0.5

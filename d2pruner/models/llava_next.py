@@ -69,7 +69,8 @@ from d2pruner.models.family import register_family
 from d2pruner.models.handle import attach as _attach
 from d2pruner.models.llava import LLAVA_SYSTEM, LlavaFamily, feature_attention_layer, grid_side
 from d2pruner.models.probes import VisionCapture
-from d2pruner.models.qwen_vl import RESAMPLING, resample_grid
+from d2pruner.models.prior import grid
+from d2pruner.models.prior.grid import RESAMPLING
 from d2pruner.spec import TokenLayout
 
 __all__ = ["FAMILY", "AnyresCapture", "AnyresImage", "LlavaNextFamily", "attach", "find_items", "image_from_packed",
@@ -307,34 +308,14 @@ class LlavaNextFamily(LlavaFamily):
         return [[(int(im.height), int(im.width))] for im in images]
 
     # -- the prior over normalised positions ---------------------------------------------------------
-    @staticmethod
-    def _views(layout: TokenLayout):
-        for v in np.unique(layout.view):
-            sel = np.nonzero(layout.view == v)[0]
-            yield sel, int(layout.row[sel].max()) + 1, int(layout.col[sel].max()) + 1
-
     def expand_prior(self, prior: torch.Tensor, layout, resampling: str = "bilinear") -> torch.Tensor:
         """The prior grid resampled to each view of ``layout`` (N,): the base view's grid takes it as it is."""
-        side = int(round(prior.numel() ** 0.5))
-        grid = prior.reshape(side, side)
-        out = torch.empty(len(layout), dtype=prior.dtype)
-        for sel, rows, cols in self._views(layout):
-            view = resample_grid(grid, rows, cols, resampling)
-            out[torch.as_tensor(sel)] = view[torch.as_tensor(layout.row[sel]), torch.as_tensor(layout.col[sel])].to(prior.dtype)
-        return out
+        return grid.spread(prior, int(round(prior.numel() ** 0.5)), layout, resampling)
 
     def prior_blocks(self, model, row: torch.Tensor, layout) -> np.ndarray:
-        """Each view's attention map resampled onto the prior grid and scaled to mean 1: (views, side**2)
-        (the canvas's tokens each receive less attention than the base view's; the scaling lets both
-        views weigh alike in the mean)."""
-        side = grid_side(model)
-        blocks = []
-        for sel, rows, cols in self._views(layout):
-            view = torch.zeros(rows, cols, dtype=torch.float64)
-            view[torch.as_tensor(layout.row[sel]), torch.as_tensor(layout.col[sel])] = row[torch.as_tensor(sel)].double()
-            block = resample_grid(view, side, side).flatten().numpy()
-            blocks.append(block / block.mean())
-        return np.stack(blocks)
+        """Each view's attention map on the base grid, scaled to mean 1 (the canvas's tokens each receive
+        less attention than the base view's; :func:`d2pruner.models.prior.grid.blocks`)."""
+        return grid.blocks(row, layout, grid_side(model))
 
     # -- vision-side records -------------------------------------------------------------------------
     def vision_capture(self, model, method):

@@ -58,6 +58,8 @@ import torch
 from d2pruner.methods.base import Need
 from d2pruner.models.family import ModelFamily, register_family
 from d2pruner.models.handle import attach as _attach
+from d2pruner.models.prior import grid
+from d2pruner.models.prior.grid import RESAMPLING, resample_grid
 from d2pruner.spec import TokenLayout
 
 __all__ = ["DeepStackFollower", "GridCapture", "image_only_processor", "QWEN2_5_VL", "QWEN3_VL", "QwenVLFamily", "attach", "find_items", "resample_grid",
@@ -66,39 +68,11 @@ __all__ = ["DeepStackFollower", "GridCapture", "image_only_processor", "QWEN2_5_
 TINY_PATCH = 2  # tiny twins: 2 px patches, 2 x 2 merge
 TINY_VIDEO_TOKEN = 6  # "<video>" in the tiny vocabulary
 TINY_VISION_START, TINY_VISION_END = 4, 5  # "<img>", "</img>"
-RESAMPLING = ("bilinear", "nearest")
 _QWEN_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
     "{% for c in m['content'] %}{% if c['type'] == 'image' %}<img><image></img>{% elif c['type'] == 'video' %}"
     "<img><video></img>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def resample_grid(values: torch.Tensor, rows: int, cols: int, resampling: str = "bilinear") -> torch.Tensor:
-    """A (R, C) map resampled to (rows, cols) over normalised positions (cell centres), float64.
-
-    Same size returns the values unchanged; ``"bilinear"`` interpolates between cell centres (and
-    averages, anti-aliased, when shrinking), ``"nearest"`` takes the cell whose centre is nearest.
-
-    >>> m = torch.tensor([[1.0, 3.0]])
-    >>> resample_grid(m, 1, 4).tolist()
-    [[1.0, 1.5, 2.5, 3.0]]
-    >>> resample_grid(m, 1, 4, "nearest").tolist()
-    [[1.0, 1.0, 3.0, 3.0]]
-    """
-    if resampling not in RESAMPLING:
-        raise ValueError(f"resampling must be one of {RESAMPLING}, got {resampling!r}")
-    values = values.double()
-    if tuple(values.shape) == (rows, cols):
-        return values.clone()
-    x = values[None, None]
-    if resampling == "nearest":
-        out = torch.nn.functional.interpolate(x, size=(rows, cols), mode="nearest-exact")
-    else:
-        shrink = rows < values.shape[0] or cols < values.shape[1]
-        out = torch.nn.functional.interpolate(x.float(), size=(rows, cols), mode="bilinear", align_corners=False,
-                                              antialias=shrink).double()
-    return out[0, 0]
 
 
 def find_items(input_ids: torch.Tensor, image_token_id: int, video_token_id: int, image_grid_thw, video_grid_thw,
@@ -293,44 +267,13 @@ class QwenVLFamily(ModelFamily):
                           inputs.get("image_grid_thw"), inputs.get("video_grid_thw"), self.merge(model),
                           self.frames_per_run)
 
-    def _views(self, layout: TokenLayout):
-        for v in np.unique(layout.view):
-            sel = np.nonzero(layout.view == v)[0]
-            yield sel, int(layout.row[sel].max()) + 1, int(layout.col[sel].max()) + 1
-
     def expand_prior(self, prior: torch.Tensor, layout, resampling: str = "bilinear") -> torch.Tensor:
         """The prior grid resampled to each view of ``layout`` (N,)."""
-        grid = prior.reshape(self.prior_side, self.prior_side)
-        out = torch.empty(len(layout), dtype=prior.dtype)
-        for sel, rows, cols in self._views(layout):
-            view = resample_grid(grid, rows, cols, resampling)
-            out[torch.as_tensor(sel)] = view[torch.as_tensor(layout.row[sel]), torch.as_tensor(layout.col[sel])].to(prior.dtype)
-        return out
+        return grid.spread(prior, self.prior_side, layout, resampling)
 
     def prior_blocks(self, model, row: torch.Tensor, layout) -> np.ndarray:
-        """Each view's attention map resampled onto the prior grid and scaled to mean 1: (views, side**2).
-        (The prior's scale does not change a selection; the scaling keeps large views, whose tokens each
-        receive less attention, from weighing less than small ones.)"""
-        blocks = []
-        for sel, rows, cols in self._views(layout):
-            view = torch.zeros(rows, cols, dtype=torch.float64)
-            view[torch.as_tensor(layout.row[sel]), torch.as_tensor(layout.col[sel])] = row[torch.as_tensor(sel)].double()
-            block = resample_grid(view, self.prior_side, self.prior_side).flatten().numpy()
-            blocks.append(block / block.mean())  # views of every size weigh alike (attention scales as 1/N)
-        return np.stack(blocks)
-
-    def decode_position_ids(self, model, start: int, q: int, mask2d: torch.Tensor | None = None) -> torch.Tensor | None:
-        """The step's text positions plus the prompt's M-RoPE delta, in all three rows: with a 2-D mask
-        each item counts its real tokens (``cumsum - 1``, as ``generate`` numbers them), without one
-        ``start + arange(q)``. The deltas were computed over each item's real tokens."""
-        deltas = self.inner(model).rope_deltas  # (B, 1), set by the prompt pass
-        if deltas is None:
-            return None
-        if mask2d is not None:
-            text = (mask2d.long().cumsum(-1) - 1)[:, -q:].to(deltas.device)  # (B, q)
-        else:
-            text = torch.arange(start, start + q, device=deltas.device)[None]
-        return (text + deltas)[None].expand(3, -1, -1)
+        """Each view's attention map on the prior grid, scaled to mean 1 (:func:`d2pruner.models.prior.grid.blocks`)."""
+        return grid.blocks(row, layout, self.prior_side)
 
     def extra_hooks(self, handle) -> list:
         capture = GridCapture(handle)
