@@ -30,7 +30,11 @@ def test_latency_benchmark_smoke(tmp_path, monkeypatch):
     got = [(r["family"], r["tiles"], r["visual_after"]) for r in rows]
     assert got == [("internvl", 1, None), ("internvl", 1, 256), ("internvl", 1, 64), ("internvl", 1, 26),
                    ("internvl", 2, None), ("internvl", 2, 768), ("internvl", 2, 192), ("internvl", 2, 77),
+                   ("internvl3", 1, None), ("internvl3", 1, 256), ("internvl3", 1, 64), ("internvl3", 1, 26),
+                   ("internvl3", 2, None), ("internvl3", 2, 768), ("internvl3", 2, 192), ("internvl3", 2, 77),
                    ("llava", 1, None), ("llava", 1, 576), ("llava", 1, 192), ("llava", 1, 128), ("llava", 1, 64),
+                   ("llava_next", 1, None), ("llava_next", 1, 720), ("llava_next", 1, 160), ("llava_next", 1, 80),
+                   ("llava_next", 1, 40),
                    ("qwen2_5_vl", 1, None), ("qwen2_5_vl", 1, 256), ("qwen2_5_vl", 1, 64), ("qwen2_5_vl", 1, 26),
                    ("qwen3_vl", 1, None), ("qwen3_vl", 1, 256), ("qwen3_vl", 1, 64), ("qwen3_vl", 1, 26)]
     assert all(r["ttft_ms"] > 0 and r["ttft_speedup"] > 0 and r["ttft_speedup_vs_fastest"] > 0 for r in rows)

@@ -351,7 +351,7 @@ class LlavaNextFamily(LlavaFamily):
                                                   image_processor=images, tokenizer=tokenizer)
 
     # -- full size -----------------------------------------------------------------------------------
-    latency_budgets = (None, 2880, 640, 320, 160)
+    latency_budgets = (None, 1.0, 640 / 2880, 320 / 2880, 160 / 2880)  # of 2880 on the full-size model
 
     def full_size_config(self, attn_implementation: str):
         from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextConfig
