@@ -10,10 +10,10 @@ For every (device, N, B, D) it times, side by side in one run and on identical i
 
 and prints ``fast / matmul``, ``fast / reference``, the number of MIS rounds and the peak extra
 resident memory of one fast call and of one matmul (``peak MiB``: the process's high-water mark,
-reset before the call through ``/proc/self/clear_refs``, minus its resident size then). Memory the
-allocator had kept from earlier calls is reused without growing the resident size, so small
-figures (tens of MiB, after warm-up calls) read low, down to 0; blocks above glibc's mmap threshold
-(32 MiB at most), which make up the large figures, are returned on free and measured in full.
+reset before the call through ``/proc/self/clear_refs``, minus its resident size then). In the grid,
+memory the allocator kept from earlier calls is reused without growing the resident size, so small
+figures (tens of MiB, after warm-up calls) read low, down to 0; the video and ragged rows measure
+each call in a fresh process, where nothing is reused.
 
 Two more tables, measured in the same run:
 
@@ -172,8 +172,19 @@ def bench_one(device: str, n: int, b: int, d: int, ratio: float, config: D2Prune
     return row
 
 
-def bench_video(n: int, d: int, ratio: float, config: D2PrunerConfig) -> dict:
-    """One item of n tokens (an InternVL-like canvas), one call each of X @ X^T and of the fast selection."""
+def _in_child(kind: str, name: str, n: int, d: int, ratio: float, spatial_weight: float) -> tuple[float, float]:
+    """``(seconds, peak extra MiB)`` of one call measured in a fresh Python process (so that memory the
+    allocator kept from earlier calls cannot hide the call's own)."""
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--child", kind, name, str(n), str(d), repr(ratio), repr(spatial_weight)]
+    got = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    return got["sec"], got["mib"]
+
+
+def bench_video(n: int, d: int, ratio: float, config: D2PrunerConfig, child: str | None = None) -> dict:
+    """One item of n tokens (an InternVL-like canvas), one call each of X @ X^T and of the fast selection,
+    each in a fresh process."""
     rng = np.random.default_rng(0)
     side = int(np.ceil(n ** 0.5))
     layout = d2pruner.TokenLayout.from_array(np.stack([np.zeros(n, np.int64), *np.divmod(np.arange(n), side)], axis=1))
@@ -191,19 +202,20 @@ def bench_video(n: int, d: int, ratio: float, config: D2PrunerConfig) -> dict:
     def fast():
         return fast_select(attn, None, feats, lay, n_keep, config)
 
-    out = {}
-    for name, fn in (("matmul", matmul), ("fast", fast)):
+    if child is not None:  # in a fresh process: this one call, nothing allocated before it
+        fn = {"matmul": matmul, "fast": fast}[child]
         t0 = time.perf_counter()
         mib, res = peak_mib(fn)
-        out[name] = (time.perf_counter() - t0, mib, res)
-        del res
+        return dict(sec=time.perf_counter() - t0, mib=mib)
+    out = {name: _in_child("video", name, n, d, ratio, config.spatial_weight) for name in ("matmul", "fast")}
     return dict(N=n, B=1, D=d, n_keep=n_keep[0], matmul_ms=1e3 * out["matmul"][0], fast_ms=1e3 * out["fast"][0],
                 fast_over_matmul=out["fast"][0] / out["matmul"][0], matmul_peak_mib=out["matmul"][1],
                 fast_peak_mib=out["fast"][1])
 
 
-def bench_ragged(d: int, config: D2PrunerConfig) -> dict:
-    """64 items of 4 tokens and one of 4000: padded in one call, grouped by the API, the big one alone."""
+def bench_ragged(d: int, config: D2PrunerConfig, child: str | None = None) -> dict:
+    """64 items of 4 tokens and one of 4000: padded in one call, grouped by the API, the big one alone;
+    each measured in a fresh process, the selections compared here."""
     rng = np.random.default_rng(0)
     sizes = [4] * 64 + [4000]
     layouts = [d2pruner.TokenLayout.grid(2, 2)] * 64 + [d2pruner.TokenLayout.grid(40, 100)]
@@ -224,11 +236,13 @@ def bench_ragged(d: int, config: D2PrunerConfig) -> dict:
     def alone():
         return d2pruner.select_tokens(attn[-1], feats[-1], layouts[-1], budgets[-1], config=config)
 
-    out, results = {}, {}
-    for name, fn in (("alone", alone), ("grouped", grouped), ("padded", padded)):
+    if child is not None:
+        fn = {"alone": alone, "grouped": grouped, "padded": padded}[child]
         t0 = time.perf_counter()
-        mib, results[name] = peak_mib(fn)
-        out[name] = (time.perf_counter() - t0, mib)
+        mib, _ = peak_mib(fn)
+        return dict(sec=time.perf_counter() - t0, mib=mib)
+    out = {name: _in_child("ragged", name, 0, d, 0.0, config.spatial_weight) for name in ("alone", "grouped", "padded")}
+    results = {"alone": alone(), "grouped": grouped(), "padded": padded()}
     same = results["padded"] == results["grouped"] and results["grouped"][-1] == results["alone"]
     row = dict(items="64 x 4 + 1 x 4000", D=d, identical=same)
     for name, (sec, mib) in out.items():
@@ -254,7 +268,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--video-d", type=int, default=3584)
     parser.add_argument("--ragged-d", type=int, default=1024, help="D of the ragged-batch row (0: skip it)")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--child", nargs=6, default=None, help=argparse.SUPPRESS)  # one measured call in a fresh process
     args = parser.parse_args(argv)
+    if args.child:
+        kind, name, n, d, ratio, w = args.child
+        cfg = D2PrunerConfig(spatial_weight=float(w))
+        got = bench_video(int(n), int(d), float(ratio), cfg, name) if kind == "video" else bench_ragged(int(d), cfg, name)
+        print(json.dumps(got))
+        return 0
     if args.quick:
         args.n, args.b, args.d, args.repeats, args.video, args.ragged_d = [576], [1, 2], [64], 3, [2048], 64
     config = D2PrunerConfig(spatial_weight=args.spatial_weight)
