@@ -275,6 +275,19 @@ class QwenVLFamily(ModelFamily):
         """Each view's attention map on the prior grid, scaled to mean 1 (:func:`d2pruner.models.prior.grid.blocks`)."""
         return grid.blocks(row, layout, self.prior_side)
 
+    def decode_position_ids(self, model, start: int, q: int, mask2d: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The step's text positions plus the prompt's M-RoPE delta, in all three rows: with a 2-D mask
+        each item counts its real tokens (``cumsum - 1``, as ``generate`` numbers them), without one
+        ``start + arange(q)``. The deltas were computed over each item's real tokens."""
+        deltas = self.inner(model).rope_deltas  # (B, 1), set by the prompt pass
+        if deltas is None:
+            return None
+        if mask2d is not None:
+            text = (mask2d.long().cumsum(-1) - 1)[:, -q:].to(deltas.device)  # (B, q)
+        else:
+            text = torch.arange(start, start + q, device=deltas.device)[None]
+        return (text + deltas)[None].expand(3, -1, -1)
+
     def extra_hooks(self, handle) -> list:
         capture = GridCapture(handle)
         handle.hints = capture
