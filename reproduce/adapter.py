@@ -96,25 +96,12 @@ def check_device(device: str) -> None:
     a GPU index beyond the visible ones).
 
     >>> check_device("cpu")
-    >>> import torch; torch.cuda.is_available() or "CUDA is not available" in _device_error("cuda")
-    True
     """
-    why = _device_error(str(device))
+    from d2pruner.models.loading import device_problem
+
+    why = device_problem(str(device))
     if why:
         raise ValueError(why)
-
-
-def _device_error(device: str) -> str | None:
-    if not device.startswith("cuda"):
-        return None
-    if not torch.cuda.is_available():
-        build = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
-        return (f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__}, {build}); "
-                "use device 'cpu'")
-    index = device.partition(":")[2]
-    if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-        return f"device {device!r}: this machine has {torch.cuda.device_count()} visible GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}"
-    return None
 
 
 class SampleCache:

@@ -288,7 +288,15 @@ def test_prior_command_refuses_cuda_without_cuda(tiny_checkpoint, tmp_path, caps
     with pytest.raises(SystemExit) as exit_:
         prior_main(["--model", str(tiny_checkpoint), "--images", str(tmp_path), "--out", str(tmp_path / "p.json"),
                     "--device", "cuda"])
-    assert exit_.value.code == 2 and "--device cuda: CUDA is not available" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "--device: device 'cuda': CUDA is not available" in capsys.readouterr().err
+
+
+@NO_CUDA
+def test_load_model_refuses_cuda_without_cuda_before_reading_anything(tmp_path):
+    from d2pruner.models.loading import load_model
+
+    with pytest.raises(ValueError, match="device 'cuda': CUDA is not available on this machine"):
+        load_model(str(tmp_path / "no-such-checkpoint"), device="cuda")
 
 
 def test_prior_command_skips_a_corrupt_image_naming_it_and_counts_it(tiny_checkpoint, tmp_path, capsys):

@@ -35,12 +35,37 @@ def missing_checkpoint_message(model_id: str, revision: str | None = None) -> st
             f"access run `huggingface-cli download {model_id}` and copy the cache here, or pass a local folder.")
 
 
+def device_problem(device: str) -> str | None:
+    """Why this machine cannot run on ``device`` (CUDA asked for and none available; a GPU index beyond
+    the visible ones), naming it; None when it can.
+
+    >>> device_problem("cpu") is None
+    True
+    >>> torch.cuda.is_available() or "CUDA is not available" in device_problem("cuda")
+    True
+    """
+    device = str(device)
+    if not device.startswith("cuda"):
+        return None
+    if not torch.cuda.is_available():
+        build = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
+        return (f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__}, {build}); "
+                "use device 'cpu'")
+    index = device.partition(":")[2]
+    if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+        return (f"device {device!r}: this machine has {torch.cuda.device_count()} visible GPU(s), "
+                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return None
+
+
 def load_model(model_id: str, *, revision: str | None = None, dtype: torch.dtype = torch.float16, device: str = "cpu",
                attn_implementation: str = "sdpa"):
     """``(model, processor, family name)`` from the local cache (or a local folder) only; ``OSError``
     naming what is missing. The processor is the family's (InternVL's without its video part)."""
     from transformers import AutoConfig
 
+    if (why := device_problem(device)) is not None:
+        raise ValueError(why)
     try:
         config = AutoConfig.from_pretrained(model_id, revision=revision, local_files_only=True)
         family = family_for_config(config)

@@ -28,18 +28,6 @@ EPILOG = ("Unreadable images are skipped with a warning naming them and counted 
           "(meta.n_skipped_images, meta.skipped_images); a resumed run tries them again.")
 
 
-def _device_problem(device: str) -> str | None:
-    if not device.startswith("cuda"):
-        return None
-    if not torch.cuda.is_available():
-        build = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
-        return f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}, {build}); use --device cpu"
-    index = device.partition(":")[2]
-    if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-        return f"--device {device}: this machine has {torch.cuda.device_count()} visible GPU(s)"
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m d2pruner.models.prior", description=__doc__.splitlines()[0],
                                      epilog=EPILOG)
@@ -60,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
                      "the input of layer K-1)")
     if args.max_tiles < 1:
         parser.error(f"--max-tiles {args.max_tiles} must be >= 1")
-    if (why := _device_problem(args.device)) is not None:
-        parser.error(why)
+    from d2pruner.models.loading import device_problem
+
+    if (why := device_problem(args.device)) is not None:
+        parser.error(f"--device: {why}")
 
     paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if args.images.is_dir() else []
     if not paths:
