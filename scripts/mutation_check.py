@@ -134,8 +134,8 @@ MUTANTS = {
         "reproduce/records.py", 'if limit is None or r["doc_id"] < limit}', "if True}"),
     "records: another run's answers not set aside": (
         "reproduce/records.py", "        if head == want:\n            continue", "        if True:\n            continue"),
-    "adapter: the prior in the fingerprint of rows that do not read it": (
-        "reproduce/adapter.py", "reads_prior = uses_prior(method) and prior", "reads_prior = prior"),
+    "records: the prior in the fingerprint of rows that do not read it": (
+        "reproduce/records.py", "reads_prior = uses_prior(method) and prior", "reads_prior = prior"),
     "models: pre-encoded images after a cache taken for decoding": (
         "d2pruner/models/handle.py", 'and not kwargs.get("mm_encoder_outputs"))', "and True)"),
     "models: rater rows ignore the attention mask": (
@@ -147,8 +147,8 @@ MUTANTS = {
     "qwen: DeepStack rows not following the kept tokens": (
         "d2pruner/models/qwen_vl.py", "rows = rank.gather(1, index)[visual]", "rows = rank.gather(1, index)[visual].sort().values.flip(0)"),
     "qwen: a manual decoding step numbered after the shortened cache": (
-        "d2pruner/models/qwen_vl.py", "pos = torch.arange(start, start + q, device=deltas.device)[None] + deltas",
-        "pos = torch.arange(start - 1, start - 1 + q, device=deltas.device)[None] + deltas"),
+        "d2pruner/models/qwen_vl.py", "text = torch.arange(start, start + q, device=deltas.device)[None]",
+        "text = torch.arange(start - 1, start - 1 + q, device=deltas.device)[None]"),
     "qwen: one view for a whole video": (
         "d2pruner/models/qwen_vl.py", "layouts += [TokenLayout.grid(h, w)] * t", "layouts += [TokenLayout.grid(h * t, w)]"),
     "compat: the hooks never find the KV cache": (
@@ -185,11 +185,11 @@ MUTANTS = {
     "llava_next: the canvas margins not skipped in the vision records": (
         "d2pruner/models/llava_next.py", "top, left = (self.crop_rows * s - self.rows) // 2, (self.crop_cols * s - self.cols) // 2",
         "top, left = 0, 0"),
-    "llava_next: the prior resampled to the canvas by the wrong rule": (
-        "d2pruner/models/llava_next.py", "view = resample_grid(grid, rows, cols, resampling)",
-        'view = resample_grid(grid, rows, cols, "nearest")'),
-    "llava_next: prior views not scaled to mean 1": (
-        "d2pruner/models/llava_next.py", "blocks.append(block / block.mean())", "blocks.append(block)"),
+    "prior grid: resampled to a view by the wrong rule": (
+        "d2pruner/models/prior/grid.py", "view = resample_grid(square, rows, cols, resampling)",
+        'view = resample_grid(square, rows, cols, "nearest")'),
+    "prior grid: views not scaled to mean 1": (
+        "d2pruner/models/prior/grid.py", "out.append(block / block.mean())", "out.append(block)"),
     "llava_next: a pre-encoded image's canvas one column wider": (
         "d2pruner/models/llava_next.py", "cols = (n - side * side) // rows - 1", "cols = (n - side * side) // rows"),
 }
@@ -198,7 +198,7 @@ MUTANTS = {
 def run_mutant(name: str, path: str, old: str, new: str) -> tuple[bool, str]:
     with tempfile.TemporaryDirectory() as tmp:
         dst = pathlib.Path(tmp) / "repo"
-        shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(".venv", ".ci-venv", ".git", "__pycache__", ".hypothesis"))
+        shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(".venv", ".ci-venv*", ".git", "__pycache__", ".hypothesis"))
         target = dst / path
         text = target.read_text()
         if old not in text:
@@ -208,6 +208,7 @@ def run_mutant(name: str, path: str, old: str, new: str) -> tuple[bool, str]:
         # The tests most likely to notice first (seconds), then, if they all pass, the whole suite.
         quick = (["tests/test_qwen.py"] if path == "d2pruner/models/qwen_vl.py" else
                  ["tests/test_llava_next.py"] if path == "d2pruner/models/llava_next.py" else
+                 ["tests/test_qwen.py", "tests/test_llava_next.py"] if path == "d2pruner/models/prior/grid.py" else
                  QUICK_MODELS if path.startswith("d2pruner/models/") else
                  ["tests/test_compat.py"] + QUICK_MODELS if path == "d2pruner/compat.py" else
                  QUICK_CORE + QUICK_MODELS if path.startswith("d2pruner/methods/") else
