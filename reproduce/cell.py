@@ -96,7 +96,7 @@ def run_cell(*, spec: dict, row, bench, out: pathlib.Path, adapter_kwargs: dict,
 
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
-    method, budget = row.key or "none", row.budget if row.key else None
+    method, budget = row.key or "none", row.budget_to_run if row.key else None
     shared = adapter_kwargs.get("model")
     attn, passed_over = row_attention(spec, row, adapter_kwargs["device"], shared[0] if shared else None)
     vision = getattr(getattr(shared[0].config, "vision_config", None), "_attn_implementation", None) if shared else None

@@ -236,7 +236,7 @@ def cell_fingerprint(*, spec: dict, row, bench, limit: int | None, world_size: i
             "world_size": world_size,
             "run": run_fingerprint(
                 pretrained=adapter_kwargs["pretrained"], revision=adapter_kwargs["revision"], method=row.key,
-                budget=row.budget if row.key else None, config=adapter_kwargs["config"], dtype=adapter_kwargs["dtype"],
+                budget=row.budget_to_run if row.key else None, config=adapter_kwargs["config"], dtype=adapter_kwargs["dtype"],
                 prior=adapter_kwargs["prior"], max_tiles=adapter_kwargs["max_tiles"],
                 max_new_tokens_cap=adapter_kwargs["max_new_tokens_cap"])}
 

@@ -46,6 +46,9 @@ from reproduce.specs import ROOT, TABLES, load_spec, model_choice, select_column
 def parse_args(table: str, argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=f"python -m reproduce {table}", description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny models and tiny local data on CPU (seconds)")
+    p.add_argument("--micro", action="store_true",
+                   help="the micro twin: micro models trained here, synthetic test data, every row (CPU, minutes)")
+    p.add_argument("--reduced", action="store_true", help="with --micro: the spec's reduced micro twin (what CI runs)")
     p.add_argument("--rows", help="comma-separated Method@budget labels, e.g. 'Vanilla@576,D2Pruner@64'")
     p.add_argument("--columns", help="comma-separated benchmark names, e.g. 'POPE,MME'")
     p.add_argument("--limit", type=int, help="at most N samples per benchmark (smoke default: the spec's)")
@@ -62,6 +65,17 @@ def parse_args(table: str, argv: list[str]) -> argparse.Namespace:
         p.error(f"--limit {args.limit} must be >= 1")
     if args.batch_size is not None and args.batch_size < 1:
         p.error(f"--batch-size {args.batch_size} must be >= 1")
+    if args.micro and (args.smoke or args.model_path):
+        p.error("--micro runs the shipped micro model: not with --smoke or --model")
+    if args.reduced and not args.micro:
+        p.error("--reduced is a form of --micro")
+    if args.micro and "micro" not in load_spec(table):
+        p.error(f"{table} has no micro twin (no 'micro' section in its spec)")
+    if args.reduced:
+        reduced = load_spec(table)["micro"]["reduced"]
+        args.rows = args.rows or ",".join(f"{m}@{b}" for m, b in reduced["rows"])
+        args.columns = args.columns or ",".join(reduced["columns"])
+        args.limit = args.limit or reduced["limit"]
     return args
 
 
@@ -73,21 +87,26 @@ def main(table: str, argv: list[str] | None = None) -> int:
     from reproduce import adapter, inputs, records
 
     try:  # every option checked before anything is loaded or written
-        rows, skipped = select_rows(spec, args.smoke, args.rows)
+        rows, skipped = select_rows(spec, args.smoke, args.rows, micro=args.micro)
         columns = select_columns(spec, args.columns)
         device = adapter.process_device(args.device)  # cuda:LOCAL_RANK when several processes share the run
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    choice = model_choice(spec, args.model_path, args.smoke)
-    out = args.out or ROOT / "results" / (table + ("-smoke" if args.smoke else ""))
+    choice = model_choice(spec, args.model_path, args.smoke, args.micro)
+    out = args.out or ROOT / "results" / (table + ("-smoke" if args.smoke else "-micro" if args.micro else ""))
     prior = out / "prior.json" if args.smoke else args.prior or pathlib.Path(choice["prior"])
-    if not args.smoke:
+    if not args.smoke and not args.micro:
         try:
             inputs.check_inputs(spec, rows, columns, choice["model"], args.revision, prior)
         except inputs.MissingInputs as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+    if args.micro and any(adapter.uses_prior(r.key) for r in rows) and not prior.exists():
+        print(f"error: prior file {prior} not found (needed by the "
+              f"{', '.join(sorted({r.method for r in rows if adapter.uses_prior(r.key)}))} rows of the micro twin): measure it "
+              "with the prior command on calibration scenes (docs/micro.md), or pass --prior PATH", file=sys.stderr)
+        return 2
     if any(adapter.uses_prior(r.key) for r in rows) and prior.exists():  # before any answer is set aside for it
         from d2pruner.models.prior import Prior
 
@@ -129,9 +148,10 @@ def _run(table, argv, args, spec, rows, skipped, columns, device, out, prior) ->
         torch.cuda.set_device(torch.device(device))
     rank = int(os.environ.get("RANK", "0"))
     mspec = spec["model"]
-    if args.smoke:
-        model_id, dtype, limit = spec["smoke"]["model"], "float32", args.limit or spec["smoke"]["limit"]
-        max_tiles = int(spec["smoke"].get("max_tiles", 4))
+    if args.smoke or args.micro:
+        local = spec["smoke" if args.smoke else "micro"]
+        model_id, dtype, limit = model_choice(spec, None, args.smoke, args.micro)["model"], "float32", args.limit or local["limit"]
+        max_tiles = int(local.get("max_tiles", 4))
         revision = None
     else:
         model_id, dtype, limit = model_choice(spec, args.model_path)["model"], mspec["dtype"], args.limit
@@ -142,7 +162,9 @@ def _run(table, argv, args, spec, rows, skipped, columns, device, out, prior) ->
     attn, _ = choose_attention(mspec["attn_implementation"], device)
     model = adapter.load(model_id, revision=revision, dtype=dtype, device=device, attn_implementation=attn,
                          max_tiles=max_tiles)
-    if args.smoke:  # every process writes its own copy (identical), so none reads a file another is writing
+    if args.micro:  # the synthetic test split, each process its own copy (identical)
+        include_path = smoke.write_micro_tasks([b.stock for b in columns], out / "micro-data" / f"rank{rank}", n=limit)
+    elif args.smoke:  # every process writes its own copy (identical), so none reads a file another is writing
         include_path = smoke.write_smoke_tasks([b.stock for b in columns], out / "smoke-data" / f"rank{rank}", n=limit)
         if any(adapter.uses_prior(r.key) for r in rows) and not prior.exists():
             mine = out / f"prior.rank{rank}.json"
@@ -150,17 +172,19 @@ def _run(table, argv, args, spec, rows, skipped, columns, device, out, prior) ->
             os.replace(mine, prior)
     else:
         include_path = tasks.TASK_DIR
-    batch = args.batch_size or (8 if device.startswith("cuda") else 2)
+    batch = args.batch_size or (spec["micro"].get("batch_size") if args.micro else None) or (8 if device.startswith("cuda") else 2)
     adapter_kwargs = {"pretrained": model_id, "prior": str(prior) if prior.exists() else None,
                       "config": mspec.get("config", "default"), "batch_size": batch, "device": device, "dtype": dtype,
                       "attn_implementation": attn, "max_tiles": max_tiles, "revision": revision,
-                      "model": model, "max_new_tokens_cap": spec["smoke"].get("max_new_tokens_cap") if args.smoke else None}
+                      "model": model, "max_new_tokens_cap": (spec["smoke"].get("max_new_tokens_cap") if args.smoke else
+                                                             spec["micro"].get("max_new_tokens_cap") if args.micro else None)}
     env = records.environment(device)
     provenance = {"model_id": model_id, "model_revision": revision or getattr(model[0].config, "_commit_hash", None),
                   "dtype": dtype, "attn_implementation": attn, "max_tiles": max_tiles,
                   "prior_sha256": adapter.file_sha256(prior) if prior.exists() else None, "smoke": args.smoke,
+                  "micro": args.micro,
                   "max_new_tokens_cap": adapter_kwargs["max_new_tokens_cap"],
-                  "weights": model_choice(spec, args.model_path, args.smoke)["weights"],
+                  "weights": model_choice(spec, args.model_path, args.smoke, args.micro)["weights"],
                   "command": "python -m reproduce " + " ".join([table, *(argv or [])])}
     cells: dict = {}
     rank0 = rank == 0
@@ -175,11 +199,12 @@ def _run(table, argv, args, spec, rows, skipped, columns, device, out, prior) ->
                           flush=True)
     if not rank0:
         return 0
-    shown, earlier = recorded_cells(spec, rows, cells, out, limit, adapter_kwargs)
-    lines = tables.build_table(spec, shown, skipped, {**earlier, **cells})
+    shown, earlier = recorded_cells(spec, rows, cells, out, limit, adapter_kwargs, args.micro)
+    view = tables.micro_view(spec) if args.micro else spec  # a micro table is not compared with the paper
+    lines = tables.build_table(view, shown, skipped, {**earlier, **cells})
     records.write_text_atomic(out / "table.csv", tables.table_csv(lines))
-    weights = model_choice(spec, args.model_path, args.smoke)["weights"]
-    md = tables.table_markdown(spec, lines, tables.table_header(spec, args.smoke, weights, limit))
+    weights = model_choice(spec, args.model_path, args.smoke, args.micro)["weights"]
+    md = tables.table_markdown(view, lines, tables.table_header(view, args.smoke, weights, limit, micro=args.micro))
     records.write_text_atomic(out / "table.md", md)
     print(md)
     if earlier:
@@ -190,7 +215,7 @@ def _run(table, argv, args, spec, rows, skipped, columns, device, out, prior) ->
 
 
 def recorded_cells(spec: dict, rows: list, cells: dict, out: pathlib.Path, limit: int | None,
-                   adapter_kwargs: dict) -> tuple[list, dict]:
+                   adapter_kwargs: dict, micro: bool = False) -> tuple[list, dict]:
     """The rows to show and the cells of earlier runs to show with this run's ``cells``.
 
     A ``--rows`` / ``--columns`` subset does not drop what earlier runs into the same ``out`` computed:
@@ -204,7 +229,7 @@ def recorded_cells(spec: dict, rows: list, cells: dict, out: pathlib.Path, limit
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     earlier: dict = {}
     run_labels = [r.label for r in rows]
-    all_rows, _ = select_rows(spec, False, None)
+    all_rows, _ = select_rows(spec, False, None, micro=micro)
     for row in all_rows:
         for bench in benchmark_columns(spec):
             if (row.label, bench.name) in cells:

@@ -60,7 +60,7 @@ def family_models() -> dict[str, str]:
     return out
 
 
-def model_choice(spec: dict, model_path: str | None = None, smoke: bool = False) -> dict:
+def model_choice(spec: dict, model_path: str | None = None, smoke: bool = False, micro: bool = False) -> dict:
     """The model a run of the table loads and which weights those are: ``{"model", "prior", "weights"}``.
 
     By default the spec's ``model.id`` (for InternVL-2.5 the MPO build, ``model.weights`` says so). A
@@ -84,6 +84,12 @@ def model_choice(spec: dict, model_path: str | None = None, smoke: bool = False)
     if smoke:
         model = spec["smoke"]["model"]
         return {"model": model, "prior": None, "weights": f"{model} (tiny random weights)"}
+    if micro:
+        folder = micro_checkpoint(spec)
+        where = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
+        return {"model": str(folder), "prior": str(folder / "prior.json"),
+                "weights": f"micro {spec['micro']['model']} trained here on synthetic scenes ({where}, model card "
+                           "README.md there): micro-model numbers, not the paper's"}
     if model_path is None:
         words = f"{mspec['id']}: {mspec['weights']}" if mspec.get("weights") else mspec["id"]
         return {"model": mspec["id"], "prior": mspec["prior"], "weights": words}
@@ -120,16 +126,30 @@ class Row:
     method: str
     budget: str
     key: str | None  # the method's registered name (d2pruner.methods); None for the unpruned model
+    run_budget: str | None = None  # the budget the model is run at, when not ``budget`` (micro: scaled)
 
     @property
     def label(self) -> str:
         return f"{self.method}@{self.budget}"
 
+    @property
+    def budget_to_run(self) -> str:
+        """The budget the adapter prunes to: :attr:`run_budget`, else :attr:`budget`."""
+        return self.run_budget or self.budget
 
-def select_rows(spec: dict, smoke: bool, wanted: str | None) -> tuple[list[Row], list[tuple[str, str, str]]]:
+
+def select_rows(spec: dict, smoke: bool, wanted: str | None, micro: bool = False
+                ) -> tuple[list[Row], list[tuple[str, str, str]]]:
     """The rows to run and the rows marked not run (with the reason).
 
     ``wanted``: comma-separated ``Method@budget`` labels (``--rows``); ``ValueError`` naming unknown ones.
+    ``micro``: the micro twin (every row of the spec; budgets given in tokens run at the spec's
+    ``micro.budgets`` scaling, :attr:`Row.run_budget`; methods the micro model cannot feed are refused,
+    :func:`micro_refusal`).
+
+    >>> rows, skipped = select_rows(load_spec("table1"), False, "FastV@64,CDPruner@64", micro=True)
+    >>> rows[0].label, rows[0].budget_to_run, skipped[0][2][:36]
+    ('FastV@64', '16', 'cdpruner needs a CLIP text tower ali')
     """
     rows = spec["rows"]
     if smoke:
@@ -153,9 +173,34 @@ def select_rows(spec: dict, smoke: bool, wanted: str | None) -> tuple[list[Row],
             skipped.append((r["method"], r["budget"], "not implemented"))
         elif (why := row_refusal(spec, key, r["budget"])) is not None:
             skipped.append((r["method"], r["budget"], why))
+        elif micro and (why := micro_refusal(spec, key)) is not None:
+            skipped.append((r["method"], r["budget"], why))
         else:
             run.append(Row(r["method"], r["budget"], key))
+    if micro:
+        scale = spec["micro"].get("budgets", {})
+        run = [dataclasses.replace(r, run_budget=scale.get(r.budget)) for r in run]
     return run, skipped
+
+
+def micro_refusal(spec: dict, key: str) -> str | None:
+    """Why method ``key`` cannot run on the spec's micro model, or None: a method that needs a text tower
+    the family takes from a checkpoint of its own (LLaVA's CLIP for CDPruner) has none aligned with
+    the micro model's vision tower."""
+    from d2pruner.methods.base import Need, get_method
+    from d2pruner.models.family import get_family
+
+    if Need.TEXT_TOWER in get_method(key).needs and get_family(spec["model"]["family"]).text_tower_checkpoint:
+        return (f"{key} needs a CLIP text tower aligned with the vision tower; the micro model's vision tower "
+                "was trained here without one")
+    return None
+
+
+def micro_checkpoint(spec: dict):
+    """The shipped checkpoint folder of the spec's micro model (``spec["micro"]["model"]``: a family)."""
+    from reproduce.micro.models import checkpoint_dir
+
+    return checkpoint_dir(spec["micro"]["model"])
 
 
 def _registered(key: str) -> bool:

@@ -265,12 +265,26 @@ def abstract_lines(spec: dict, lines: list[dict]) -> list[str]:
     return out
 
 
-def table_header(spec: dict, smoke: bool, model_id: str, limit: int | None) -> str:
+def micro_view(spec: dict) -> dict:
+    """The spec as its micro twin's table shows it: no paper values (micro-model numbers are never compared
+    with the paper's) and the micro section's note in place of a beyond-the-paper note."""
+    view = {k: v for k, v in spec.items() if k != "beyond_paper"}
+    view["paper_file"] = None
+    return view
+
+
+def table_header(spec: dict, smoke: bool, model_id: str, limit: int | None, micro: bool = False) -> str:
     """The Markdown table's heading: table, caption, spec version, model, sample limit and the FLOPs note."""
-    return (f"## {spec['table']}{' (smoke: tiny random model, tiny local data — not the paper numbers)' if smoke else ''}"
+    mode = (" (smoke: tiny random model, tiny local data — not the paper numbers)" if smoke else
+            " (micro twin: models trained here on synthetic scenes — micro-model numbers, not the paper's)" if micro else "")
+    budgets = spec.get("micro", {}).get("budgets") if micro else None
+    scaled = (f"\n\nRow budgets are the paper's; the micro model runs them scaled to its own visual tokens: "
+              + ", ".join(f"{a} → {b}" for a, b in budgets.items()) + "." if budgets else "")
+    return (f"## {spec['table']}{mode}"
             f"\n\n{spec['caption']}. Spec v{spec['spec_version']}; model {model_id}; "
-            f"{'limit ' + str(limit) + ' samples per benchmark' if limit else 'full benchmarks'}."
-            f"\n\n{flops_note(spec)}" + (f"\n\n**Beyond the paper.** {spec['beyond_paper']}" if spec.get("beyond_paper") else ""))
+            f"{'limit ' + str(limit) + ' samples per benchmark' if limit else 'full benchmarks'}.{scaled}"
+            f"\n\n{flops_note(spec)}" + (f"\n\n**Beyond the paper.** {spec['beyond_paper']}" if spec.get("beyond_paper") else "")
+            + (f"\n\n{spec['micro']['note']}" if micro and spec.get("micro", {}).get("note") else ""))
 
 
 def table_markdown(spec: dict, lines: list[dict], header: str) -> str:
@@ -285,15 +299,19 @@ def table_markdown(spec: dict, lines: list[dict], header: str) -> str:
         cells[label][ln["benchmark"]] = ln
         if ln["status"].startswith("not run: "):
             cells[label]["status"] = ln["status"]
-    out = [header, "", "Each cell: reproduced / paper (difference; ✓ within tolerance, ✗ not). "
-           "`?` = the paper's value is unknown; blank = not run.", "",
+    compared = spec["paper_file"] is not None  # a table beyond the paper, or a micro twin: our values alone
+    legend = ("Each cell: reproduced / paper (difference; ✓ within tolerance, ✗ not). `?` = the paper's value is "
+              "unknown; blank = not run." if compared else "Each cell: our value (no paper value to compare with); "
+              "— = not run or no value.")
+    out = [header, "", legend, "",
            "| method | budget | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
     places: dict[str, str] = {}
     for label in order:
         row = cells[label]
         if row["status"].startswith("not run: "):
             out.append(f"| {label[0]} | {label[1]} | " + " | ".join(
-                f"— / {row[c]['paper'] or '?'}" if c in row else "" for c in columns) + f" |  ← {row['status']}")
+                (f"— / {row[c]['paper'] or '?'}" if compared else "—") if c in row else "" for c in columns)
+                + f" |  ← {row['status']}")
             continue
         shown = []
         for c in columns:
@@ -307,7 +325,7 @@ def table_markdown(spec: dict, lines: list[dict], header: str) -> str:
             elif c == "TTFT speed-up":
                 shown.append(f"{ln['reproduced']}×" if ln["reproduced"] else "— (" + ln["status"].removeprefix("not compared: ")
                              .split(" (")[0] + ")")
-            elif c in MEASURED_LINES or c == "prefill TFLOPs":
+            elif c in MEASURED_LINES or c == "prefill TFLOPs" or not compared:
                 shown.append(ln["reproduced"] or "—")
             elif not ln["reproduced"]:
                 shown.append(f"— / {ln['paper'] or '?'}")
@@ -321,7 +339,7 @@ def table_markdown(spec: dict, lines: list[dict], header: str) -> str:
                      if ln["benchmark"] == "peak memory MiB" and ": " in ln["status"]})
     out += ["", timing_note(memory)] + [f"[{tag}] {place}" + ("  " if i < len(places) - 1 else "")
                                         for i, (place, tag) in enumerate(places.items())]
-    claims = abstract_lines(spec, lines)
+    claims = abstract_lines(spec, lines) if compared else []
     return "\n".join(out + ([""] + claims if claims else [])) + "\n"
 
 

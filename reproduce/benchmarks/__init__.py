@@ -75,6 +75,10 @@ class Benchmark:
         Keys of the smoke YAML set beyond its data source (e.g. a ``process_docs`` of its own).
     smoke_files : mapping
         Further files written beside the smoke YAML: file name -> text.
+    micro : callable
+        ``micro(n, seed) -> {file suffix: (rows, datasets.Features)}``: ``n`` items of the synthetic
+        benchmark of the micro reproduction (:mod:`reproduce.micro`) in the same schema, drawn from
+        split ``seed`` (:data:`reproduce.micro.data.SPLITS`).
     note : str
         What the paper's protocol or our choice makes of the stock task (for readers).
     """
@@ -89,6 +93,7 @@ class Benchmark:
     smoke_offset: int = 0
     smoke_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     smoke_files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    micro: Callable[[int, int], dict] | None = None
     note: str = ""
 
     @property

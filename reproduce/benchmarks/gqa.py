@@ -32,6 +32,24 @@ def build(n: int, offset: int):
     return {"": (questions, q_features), "_images": (image_rows, i_features)}
 
 
+def micro(n: int, seed: int):
+    """Micro item: a colour, shape, size, relation-colour or left/right question (in turn); its scene in
+    the image file."""
+    from reproduce.micro.data import draw, image_cell
+    from reproduce.micro.questions import colour_question, relation_colour, shape_question, side_question, size_question
+
+    kinds = (colour_question, shape_question, size_question, relation_colour, side_question)
+    questions, images = [], []
+    for i in range(n):
+        scene, (question, answer) = draw(seed, "gqa", i, kinds[i % len(kinds)])
+        image_id = f"m{i:06d}"
+        images.append({"id": image_id, "image": image_cell(scene, image_id)})
+        questions.append({"id": f"{4000 + i}", "imageId": image_id, "question": question, "answer": answer,
+                          "fullAnswer": f"{answer}."})
+    features = build(1, 0)
+    return {"": (questions, features[""][1]), "_images": (images, features["_images"][1])}
+
+
 # The smoke GQA task's ``process_docs``: loaded by lmms-eval as a file next to the YAML, it joins
 # the question file with the image file beside it. Fixed text (no paths), so identical every call.
 _SHIM_MODULE = "d2p_smoke_gqa"
@@ -52,7 +70,7 @@ def process_docs(dataset):
 BENCHMARKS = (
     Benchmark("GQA", "gqa", (Data("lmms-lab-encoder/GQA", "testdev_balanced_instructions"),
                              Data("lmms-lab-encoder/GQA", "testdev_balanced_images", smoke_suffix="_images")),
-              "exact_match", 100, frozenset({"id", "imageId", "question", "answer"}), build,
+              "exact_match", 100, frozenset({"id", "imageId", "question", "answer"}), build, micro=micro,
               smoke_overrides={"process_docs": FunctionRef(f"{_SHIM_MODULE}.process_docs")},
               smoke_files={f"{_SHIM_MODULE}.py": _SHIM}),
 )

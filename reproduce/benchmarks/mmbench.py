@@ -53,13 +53,34 @@ def build(n: int, offset: int, cn: bool):
     return {"": (rows, features)}
 
 
+def micro(n: int, seed: int, cn: bool):
+    """Micro item: an A-D question (colour, shape or count) and, on odd items, the circular variant
+    of the item before it (index + 1e6, options rotated by one: both must be right)."""
+    from reproduce.micro.data import draw, image_cell
+    from reproduce.micro.questions import choice
+
+    name = "mmbench_cn_dev" if cn else "mmbench_en_dev"
+    rows = []
+    for i in range(n):
+        base = i - i % 2
+        scene, (question, options, right) = draw(seed, name, base, lambda s, rng: choice(s, rng, 4, cn=cn))
+        if i % 2:
+            options, right = options[-1:] + options[:-1], (right + 1) % 4
+        rows.append({"index": base + 1_000_000 if i % 2 else base, "question": question,
+                     "hint": None if base % 4 == 0 else ("请看图中的形状。" if cn else "Look at the shapes in the picture."),
+                     "A": options[0], "B": options[1], "C": options[2], "D": options[3], "answer": "ABCD"[right],
+                     "category": "attribute_recognition", "L2-category": "fine-grained_perception (instance-level)",
+                     "source": "micro", "split": "dev", "comment": None, "image": image_cell(scene, f"{name}_{base}")})
+    return {"": (rows, build(2, 0, cn)[""][1])}
+
+
 _SCHEMA = frozenset({"index", "question", "hint", "A", "B", "C", "D", "answer", "category", "L2-category", "source",
                      "split", "comment", "image"})
 _NOTE = "offline regex evaluator"
 
 BENCHMARKS = (
     Benchmark("MMB", "mmbench_en_dev", (Data("lmms-lab-encoder/MMBench", "en"),), "gpt_eval_score", 1, _SCHEMA,
-              functools.partial(build, cn=False), note=_NOTE),
+              functools.partial(build, cn=False), micro=functools.partial(micro, cn=False), note=_NOTE),
     Benchmark("MMB-CN", "mmbench_cn_dev", (Data("lmms-lab-encoder/MMBench", "cn"),), "gpt_eval_score", 1, _SCHEMA,
-              functools.partial(build, cn=True), note=_NOTE),
+              functools.partial(build, cn=True), micro=functools.partial(micro, cn=True), note=_NOTE),
 )

@@ -33,8 +33,27 @@ def build(n: int, offset: int):
     return {"": (rows, features)}
 
 
+_MICRO_CATEGORIES = ("existence", "count", "color", "position")
+
+
+def micro(n: int, seed: int):
+    """Micro item: one scene with its two paired questions (Yes, then No) of one perception category
+    (existence, count, color, position, in turn); ``n`` rounded up to even rows."""
+    from reproduce.micro.data import draw, image_cell
+    from reproduce.micro.questions import yes_no_pair
+
+    rows = []
+    for p in range((n + 1) // 2):
+        category = _MICRO_CATEGORIES[p % len(_MICRO_CATEGORIES)]
+        scene, (yes, no) = draw(seed, "mme", p, lambda s, rng: yes_no_pair(s, rng, category))
+        for question, answer in ((yes, "Yes"), (no, "No")):
+            rows.append({"question_id": f"{category}/{p:04d}.png", "image": image_cell(scene, f"mme_{p}"),
+                         "question": question, "answer": answer, "category": category})
+    return {"": (rows, build(2, 0)[""][1])}
+
+
 BENCHMARKS = (
     Benchmark("MME", "mme", (Data("lmms-lab-encoder/MME"),), "mme_perception_score", 1,
-              frozenset({"question_id", "question", "answer", "category", "image"}), build,
+              frozenset({"question_id", "question", "answer", "category", "image"}), build, micro=micro,
               note="perception score, out of 2000"),
 )

@@ -29,9 +29,25 @@ def build(n: int, offset: int):
     return {"": (rows, features)}
 
 
+def micro(n: int, seed: int):
+    """Micro item: one existence question about a synthetic scene; item ``i`` is of category
+    ``("adversarial", "popular", "random")[i % 3]`` and answers "yes" on even ``i // 3`` (balanced)."""
+    from reproduce.micro.data import draw, image_cell
+    from reproduce.micro.questions import existence
+
+    rows = []
+    for i in range(n):
+        category, answer = ("adversarial", "popular", "random")[i % 3], ("yes", "no")[(i // 3) % 2]
+        scene, (question, answer) = draw(seed, "pope", i, lambda s, rng: existence(s, rng, category, answer))
+        rows.append({"question_id": str(i + 1), "question": question, "answer": answer,
+                     "image_source": f"micro{seed}_pope_{i}", "image": image_cell(scene, f"pope_{i}"),
+                     "category": category})
+    return {"": (rows, build(2, 0)[""][1])}
+
+
 BENCHMARKS = (
     Benchmark("POPE", "pope", (Data("lmms-lab-encoder/POPE"),), "pope_f1_score", 100,
-              frozenset({"question_id", "question", "answer", "image_source", "image", "category"}), build,
+              frozenset({"question_id", "question", "answer", "image_source", "image", "category"}), build, micro=micro,
               note="F1, the metric LLaVA-1.5 reports for POPE (our choice), as lmms-eval computes it: strict yes/no "
                    "answers, pooled over the three subsets (LLaVA's own script parses loosely and averages per subset)"),
 )

@@ -30,7 +30,21 @@ def build(n: int, offset: int):
     return {"": (rows, features)}
 
 
+def micro(n: int, seed: int):
+    """Micro item: a 2- or 3-choice question (colour, shape or count), hint on even items."""
+    from reproduce.micro.data import draw, image_cell
+    from reproduce.micro.questions import choice
+
+    rows = []
+    for i in range(n):
+        k = 2 + i % 2
+        scene, (question, choices, right) = draw(seed, "scienceqa_img", i, lambda s, rng: choice(s, rng, k))
+        rows.append({"image": image_cell(scene, f"sqa_{i}"), "question": question, "choices": choices, "answer": right,
+                     "hint": "Look at the shapes in the picture." if i % 2 == 0 else ""})
+    return {"": (rows, build(2, 0)[""][1])}
+
+
 BENCHMARKS = (
     Benchmark("SQA-IMG", "scienceqa_img", (Data("lmms-lab-encoder/ScienceQA", "ScienceQA-IMG"),), "exact_match", 100,
-              frozenset({"image", "question", "choices", "answer", "hint"}), build),
+              frozenset({"image", "question", "choices", "answer", "hint"}), build, micro=micro),
 )

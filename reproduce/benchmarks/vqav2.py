@@ -31,8 +31,23 @@ def build(n: int, offset: int):
     return {"": (rows, features)}
 
 
+def micro(n: int, seed: int):
+    """Micro item: a count, colour or yes/no existence question (in turn) with 10 agreeing answers."""
+    from reproduce.micro.data import draw, image_cell
+    from reproduce.micro.questions import colour_question, count_question, existence
+
+    kinds = (count_question, colour_question, lambda s, rng: existence(s, rng, "random"))
+    rows = []
+    for i in range(n):
+        scene, (question, answer) = draw(seed, "vqav2_val", i, kinds[i % 3])
+        rows.append({"question_id": 1000 + i, "question": question, "image": image_cell(scene, f"vqav2_{i}"),
+                     "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": k + 1} for k in range(10)],
+                     "multiple_choice_answer": answer})
+    return {"": (rows, build(2, 0)[""][1])}
+
+
 BENCHMARKS = (
     Benchmark("VQAv2", "vqav2_val", (Data("lmms-lab-encoder/VQAv2"),), "exact_match", 100,
-              frozenset({"question_id", "question", "image", "answers", "multiple_choice_answer"}), build,
+              frozenset({"question_id", "question", "image", "answers", "multiple_choice_answer"}), build, micro=micro,
               note="val split: test-dev needs an EvalAI upload"),
 )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 __all__ = ["SAMPLES", "Sample", "sample_png", "image_cell", "sample_at", "with_article", "write_smoke_tasks",
+           "write_micro_tasks",
            "write_hub_cache", "load_task_yaml", "dump_task_yaml", "FunctionRef"]
 
 
@@ -229,7 +230,8 @@ def _write_parquet(rows: list[dict], features, path: pathlib.Path) -> None:
     pq.write_table(table, str(path))
 
 
-def write_smoke_tasks(stocks: Sequence[str], out_dir: str | os.PathLike, n: int = 4) -> pathlib.Path:
+def write_smoke_tasks(stocks: Sequence[str], out_dir: str | os.PathLike, n: int = 4, source: str = "smoke"
+                      ) -> pathlib.Path:
     """Write tiny local benchmark files and task YAMLs with our real task names.
 
     For each stock task, what its benchmark record's builder makes: ``<stock>.parquet`` in the real
@@ -247,6 +249,10 @@ def write_smoke_tasks(stocks: Sequence[str], out_dir: str | os.PathLike, n: int 
         ``TaskManager(include_path=..., include_defaults=False)``.
     n : int, default 4
         Items per task (what an item is: see each module of :mod:`reproduce.benchmarks`), at least 2.
+    source : {"smoke", "micro"}
+        ``"smoke"``: the records' smoke builders (sample photographs); ``"micro"``: their micro builders,
+        the test split of the synthetic benchmarks the micro models were not trained on
+        (:mod:`reproduce.micro`; :func:`write_micro_tasks`).
 
     Returns
     -------
@@ -276,13 +282,21 @@ def write_smoke_tasks(stocks: Sequence[str], out_dir: str | os.PathLike, n: int 
         raise ValueError(f"stocks must be a sequence of task names, got the string {stocks!r}")
     if not isinstance(n, int) or n < 2:
         raise ValueError(f"n={n!r} smoke items per task: need an int >= 2")
+    if source not in ("smoke", "micro"):
+        raise ValueError(f"source={source!r}: 'smoke' or 'micro'")
     benches = [by_stock(stock) for stock in dict.fromkeys(stocks)]
+    if source == "micro":
+        from reproduce.micro.data import SPLITS
+
+        missing = [b.stock for b in benches if b.micro is None]
+        if missing:
+            raise ValueError(f"no micro builder for {missing}")
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for bench in benches:
         stock, name = bench.stock, bench.task
         config = load_task_yaml(TASK_DIR / f"{name}.yaml")
-        files = bench.smoke(n, bench.smoke_offset)
+        files = bench.smoke(n, bench.smoke_offset) if source == "smoke" else bench.micro(n, SPLITS["test"])
         for suffix, (rows, features) in files.items():
             _write_parquet(rows, features, out / f"{stock if not suffix else stock + suffix}.parquet")
         config.pop("dataset_name", None)
@@ -291,10 +305,17 @@ def write_smoke_tasks(stocks: Sequence[str], out_dir: str | os.PathLike, n: int 
         config.update(bench.smoke_overrides)
         for file_name, text in bench.smoke_files.items():
             (out / file_name).write_text(text, encoding="utf-8")
-        header = (f"# Smoke twin of reproduce/tasks/{name}.yaml, written by reproduce.tasks.smoke.write_smoke_tasks:\n"
-                  f"# the same task over {n} local items built from skimage.data photographs. Not a benchmark.\n")
+        what = ("local items built from skimage.data photographs" if source == "smoke" else
+                "synthetic scenes of the micro reproduction (reproduce.micro, test split)")
+        header = (f"# {source.capitalize()} twin of reproduce/tasks/{name}.yaml, written by reproduce.tasks.smoke.write_smoke_tasks:\n"
+                  f"# the same task over {n} {what}. Not a benchmark.\n")
         (out / f"{name}.yaml").write_text(header + dump_task_yaml(_ordered(config)), encoding="utf-8")
     return out
+
+
+def write_micro_tasks(stocks: Sequence[str], out_dir: str | os.PathLike, n: int = 32) -> pathlib.Path:
+    """:func:`write_smoke_tasks` with the micro builders: ``n`` test-split items of each synthetic benchmark."""
+    return write_smoke_tasks(stocks, out_dir, n=n, source="micro")
 
 
 def write_hub_cache(stocks: Sequence[str], cache_dir: str | os.PathLike, n: int = 4) -> pathlib.Path:

@@ -75,8 +75,25 @@ class Prior:
         if self.meta.get("model_class") and self.meta["model_class"] != cls:
             raise ValueError(f"the prior was measured on a {self.meta['model_class']}, not a {cls}")
         name = getattr(model.config, "_name_or_path", "") or ""
-        if self.meta.get("model_id") and name and name != self.meta["model_id"]:
+        if self.meta.get("model_id") and name and not same_model(name, self.meta["model_id"]):
             raise ValueError(f"the prior was measured on {self.meta['model_id']!r}, the model is {name!r}")
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names (hub ids or folders) name the same checkpoint: equal, or, for folders,
+    one's path is a tail of the other's (a prior measured on ``reproduce/micro/checkpoints/llava`` fits
+    that folder in any clone of the repository).
+
+    >>> same_model("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-7b-hf"), same_model("a/llava", "b/llava")
+    (True, False)
+    >>> same_model("/home/u/repo/reproduce/micro/checkpoints/llava", "reproduce/micro/checkpoints/llava")
+    True
+    """
+    if a == b:
+        return True
+    pa, pb = pathlib.PurePath(a).parts, pathlib.PurePath(b).parts
+    short, long = sorted((pa, pb), key=len)
+    return len(short) >= 2 and pathlib.PurePath(*long).is_absolute() and long[-len(short):] == short
 
 
 def prior_tensor(prior: Any, expected: int, model, prune_layer: int) -> torch.Tensor | None:

@@ -1,0 +1,267 @@
+"""Training a micro model from scratch: ``python -m reproduce.micro train --family llava``.
+
+Deterministic from ``--seed`` (weights, data, order): step ``s`` takes, from each task of the
+family's mixture (:data:`reproduce.micro.teach.MIXES`), the next examples of that task's endless
+stream, so the data of a step is a function of the step alone. Every ``--save-every`` steps the
+whole state (weights, optimizer, schedule position, loss history) is written atomically to
+``<work>/state.pt``; a run started again with the same ``--work`` resumes from it and gives the
+same weights as one that was never killed. Progress goes to a bar on stderr and, one JSON line per
+logged step, to ``<work>/progress.jsonl``. At the end the model and processor are saved with
+``save_pretrained`` to ``--out`` with a model card (``README.md`` + ``card.json``): command, seeds,
+versions, loss curve and held-out accuracy per task (:mod:`reproduce.micro.evaluate`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+
+import torch
+
+from reproduce.micro import models, teach
+
+__all__ = ["Settings", "build_tokenizer", "make_batch", "batch_loss", "Trainer", "main"]
+
+
+class Settings:
+    """The training settings (one place; the model card records them)."""
+
+    def __init__(self, family: str, seed: int = 0, steps: int = 1500, batch: int = 32, lr: float = 2e-3,
+                 warmup: int = 100, weight_decay: float = 0.01, clip: float = 1.0) -> None:
+        if family not in models.FAMILIES:
+            raise ValueError(f"--family {family!r}: micro models exist for {', '.join(models.FAMILIES)}")
+        if steps < 1 or batch < 1:
+            raise ValueError(f"steps={steps!r}, batch={batch!r}: both must be >= 1")
+        self.family, self.seed, self.steps, self.batch = family, int(seed), int(steps), int(batch)
+        self.lr, self.warmup, self.weight_decay, self.clip = float(lr), int(warmup), float(weight_decay), float(clip)
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+    def mix(self) -> dict[str, int]:
+        """Examples per step of each task: the family's mixture scaled to :attr:`batch` (largest remainders)."""
+        base = teach.MIXES[self.family]
+        total = sum(base.values())
+        exact = {k: v * self.batch / total for k, v in base.items()}
+        counts = {k: int(math.floor(v)) for k, v in exact.items()}
+        for k in sorted(exact, key=lambda k: (counts[k] - exact[k], k))[: self.batch - sum(counts.values())]:
+            counts[k] += 1
+        return counts
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to 5 % of the peak."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        t = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return self.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def vocabulary_corpus(family: str) -> list[str]:
+    """Texts the tokenizer's vocabulary is read from: every task's prompts and answers over two training
+    chunks and the held-out splits' first items, the family's prompt around a question, and every box
+    coordinate and count."""
+    from d2pruner.models.llava import LLAVA_SYSTEM
+    from reproduce.micro.data import SPLITS
+
+    # "abcdef": the string transformers' stop-string matcher tokenizes to learn how the vocabulary decodes
+    corpus = [LLAVA_SYSTEM, " USER: ASSISTANT:", "<|im_start|>user\n<|im_start|>assistant\n", "<box></box><ref></ref>",
+              "abcdef"]
+    corpus += [f" {v} {v}, [[{v}, " for v in range(0, 1001, 125)] + [f" {k} {k}" for k in range(10)]
+    stocks = set(teach.MIXES["llava"]) | set(teach.MIXES["internvl"]) | set(teach.CAPTIONS)
+    from reproduce.benchmarks import all_benchmarks
+
+    stocks |= {b.stock for b in all_benchmarks() if b.micro is not None}
+    for stock in sorted(stocks):
+        for seed in (teach.train_seed(0), teach.train_seed(1), SPLITS["validation"], SPLITS["test"]):
+            for _, context, target in teach.task_examples(stock, teach.CHUNK, seed):
+                corpus += [context, " " + target, target]
+    return corpus
+
+
+def build_tokenizer(family: str):
+    return models.word_tokenizer(vocabulary_corpus(family))
+
+
+def make_batch(family: str, processor, examples: list[tuple]) -> dict:
+    """Model inputs for ``(image, context, target)`` examples: the family's prompt with the target and the
+    answer end appended, padded on the left (the same prompt as evaluation), and ``answer_mask`` marking
+    the target and end tokens."""
+    from d2pruner.models.family import get_family
+
+    fam = get_family(family)
+    images = [im for im, _, _ in examples]
+    questions = [c for _, c, _ in examples]
+    answers = [models.answer_prefix(family) + t + models.answer_end(family) for _, _, t in examples]
+    batch = fam.build_batch(processor, images, questions, max_tiles=4)
+    tok = processor.tokenizer
+    answer_ids = [tok(a, add_special_tokens=False)["input_ids"] for a in answers]
+    n = max(len(a) for a in answer_ids)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    b = ids.shape[0]
+    # the prompt is left-padded: append each answer then move the padding of the ragged tail to the left
+    full = torch.zeros((b, ids.shape[1] + n), dtype=ids.dtype)
+    full_mask = torch.zeros_like(full)
+    answer_mask = torch.zeros_like(full, dtype=torch.bool)
+    for i, a in enumerate(answer_ids):
+        pad = n - len(a)
+        row = torch.cat([ids[i], torch.tensor(a, dtype=ids.dtype)])
+        m = torch.cat([mask[i], torch.ones(len(a), dtype=mask.dtype)])
+        full[i, pad:], full_mask[i, pad:] = row, m
+        answer_mask[i, full.shape[1] - len(a):] = True
+    out = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+    return {**out, "input_ids": full, "attention_mask": full_mask, "answer_mask": answer_mask}
+
+
+def batch_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over the answer tokens, and per example whether every answer token is the argmax."""
+    inputs = {k: v for k, v in batch.items() if k != "answer_mask"}
+    logits = model(**inputs).logits[:, :-1]
+    labels = batch["input_ids"][:, 1:]
+    mask = batch["answer_mask"][:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits[mask], labels[mask])
+    right = ((logits.argmax(-1) == labels) | ~mask).all(dim=1)
+    return loss, right
+
+
+class Trainer:
+    """One training run in a work folder (resumable)."""
+
+    def __init__(self, settings: Settings, work: pathlib.Path, command: str = "") -> None:
+        self.s, self.work, self.command = settings, pathlib.Path(work), command
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.state_path, self.progress_path = self.work / "state.pt", self.work / "progress.jsonl"
+        tok_dir = self.work / "tokenizer"
+        if not (tok_dir / "tokenizer.json").exists():
+            tok = build_tokenizer(settings.family)
+            tmp = self.work / "tokenizer.tmp"
+            tok.save_pretrained(tmp)
+            os.replace(tmp, tok_dir)
+        from transformers import PreTrainedTokenizerFast
+
+        self.tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+        self.processor = models.micro_processor(settings.family, self.tokenizer)
+        self.model = models.build_model(settings.family, self.tokenizer, settings.seed)
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
+        rest = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                                      {"params": rest, "weight_decay": 0.0}], lr=settings.lr, betas=(0.9, 0.98))
+        self.step, self.losses, self.seconds = 0, [], 0.0
+        self.streams = {k: teach.Stream(k) for k in settings.mix()}
+        if self.state_path.exists():
+            state = torch.load(self.state_path, weights_only=False)
+            if state["settings"] != settings.as_dict():
+                raise ValueError(f"{self.state_path} was written with settings {state['settings']}, not "
+                                 f"{settings.as_dict()}: use another --work folder or the same settings")
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["opt"])
+            self.step, self.losses, self.seconds = state["step"], state["losses"], state["seconds"]
+
+    def examples(self, step: int) -> list[tuple]:
+        """The examples of step ``step`` (a function of the step alone)."""
+        out = []
+        for stock, n in self.s.mix().items():
+            out += self.streams[stock].take(step * n, n)
+        return out
+
+    def heldout(self, n: int = 32) -> dict[str, float]:
+        """Per task, the share of ``n`` validation examples whose whole answer is the argmax under teacher
+        forcing -- exactly the share that greedy decoding answers word for word."""
+        from reproduce.micro.data import SPLITS
+
+        if not hasattr(self, "_heldout"):
+            self._heldout = {k: teach.task_examples(k, n, SPLITS["validation"]) for k in self.s.mix()}
+        was = self.model.training
+        self.model.eval()
+        out = {}
+        with torch.no_grad():
+            for stock, examples in self._heldout.items():
+                right = [batch_loss(self.model, make_batch(self.s.family, self.processor, examples[i:i + 32]))[1]
+                         for i in range(0, len(examples), 32)]
+                out[stock] = round(float(torch.cat(right).float().mean()), 4)
+        self.model.train(was)
+        return out
+
+    def save_state(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save({"settings": self.s.as_dict(), "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                    "step": self.step, "losses": self.losses, "seconds": self.seconds}, tmp)
+        os.replace(tmp, self.state_path)
+
+    def log(self, record: dict) -> None:
+        with open(self.progress_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def train(self, until: int | None = None, save_every: int = 50, log_every: int = 10, progress: bool = True,
+              heldout_every: int = 250) -> list:
+        """Train up to step ``until`` (default: all steps); the losses of every step so far."""
+        from tqdm import tqdm
+
+        until = self.s.steps if until is None else min(until, self.s.steps)
+        self.model.train()
+        bar = tqdm(total=until, initial=self.step, desc=f"micro {self.s.family}", disable=not progress, file=sys.stderr)
+        start = time.perf_counter() - self.seconds
+        while self.step < until:
+            batch = make_batch(self.s.family, self.processor, self.examples(self.step))
+            for group in self.opt.param_groups:
+                group["lr"] = self.s.lr_at(self.step)
+            loss, right = batch_loss(self.model, batch)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.clip)
+            self.opt.step()
+            self.losses.append(round(float(loss), 6))
+            self.step += 1
+            self.seconds = time.perf_counter() - start
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{float(right.float().mean()):.2f}")
+            if self.step % log_every == 0 or self.step == until:
+                record = {"step": self.step, "loss": self.losses[-1], "batch_exact": round(float(right.float().mean()), 4),
+                          "lr": round(self.s.lr_at(self.step - 1), 6), "seconds": round(self.seconds, 1)}
+                if heldout_every and (self.step % heldout_every == 0 or self.step == until):
+                    record["heldout_exact"] = self.heldout()
+                self.log(record)
+            if self.step % save_every == 0 or self.step == until:
+                self.save_state()
+        bar.close()
+        return self.losses
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reproduce.micro train", description=__doc__.splitlines()[0])
+    p.add_argument("--family", required=True, choices=models.FAMILIES)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the family's, see docs/micro.md)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--work", type=pathlib.Path, help="work folder for the resumable state (default work/micro-<family>)")
+    p.add_argument("--out", type=pathlib.Path, help="checkpoint folder (default: the shipped one, "
+                                                     "reproduce/micro/checkpoints/<family>)")
+    p.add_argument("--eval-items", type=int, default=200, help="held-out items per task for the model card")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    steps = args.steps or DEFAULT_STEPS[args.family]
+    try:
+        settings = Settings(args.family, args.seed, steps, args.batch, args.lr)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    work = args.work or pathlib.Path("work") / f"micro-{args.family}"
+    command = "python -m reproduce.micro train " + " ".join(argv if argv is not None else sys.argv[1:])
+    trainer = Trainer(settings, work, command)
+    trainer.train()
+    from reproduce.micro import card
+
+    out = args.out or models.checkpoint_dir(args.family)
+    card.write_checkpoint(trainer, out, command, args.eval_items)
+    print(f"wrote {out}")
+    return 0
+
+
+#: Default steps per family (chosen to fit 30 minutes on the 2-core CPU: docs/micro.md).
+DEFAULT_STEPS = {"llava": 1800, "internvl": 1800}
