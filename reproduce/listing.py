@@ -25,7 +25,9 @@ def summaries() -> list[dict]:
                     "base": spec["model"].get("base"), "rows": len(spec["rows"]), "runnable_rows": len(runnable),
                     "not_run": [(f"{m}@{b}", why) for m, b, why in skipped],
                     "columns": [c["benchmark"] for c in spec["columns"]],
-                    "paper_cells": len(paper), "known_cells": known, "beyond_paper": spec["paper_file"] is None})
+                    "paper_cells": len(paper), "known_cells": known, "beyond_paper": spec["paper_file"] is None,
+                    "micro": (f"micro {spec['micro']['model']}, {len(select_rows(spec, False, None, micro=True)[0])} "
+                              f"rows that run" if "micro" in spec else None)})
     return out
 
 
@@ -39,9 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         for label, why in s["not_run"]:
             print(f"  not run: {label}: {why.split(': ')[0] if len(why) > 100 else why}")
         print(f"  columns: {', '.join(s['columns'])}")
+        print(f"  micro twin (--micro): {s['micro'] or 'none (no micro model of this family)'}")
         if s["beyond_paper"]:
             print(f"  {s['table']}: beyond the paper, no paper cells")
         else:
             print(f"  paper cells known: {s['known_cells']} of {s['paper_cells']}")
-    print(f"Run a table: python -m reproduce {'|'.join(TABLES)} [--smoke] [--rows ...] [--columns ...] [--limit N] [--out DIR]")
+    print(f"Run a table: python -m reproduce {'|'.join(TABLES)} [--smoke | --micro [--reduced]] [--rows ...] [--columns ...] "
+          "[--limit N] [--out DIR]")
     return 0

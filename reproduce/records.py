@@ -263,7 +263,8 @@ def make_record(*, spec: dict, row, bench, cell: dict, raw: float, answers: path
     samples measured in ``timing_context``) and the provenance."""
     digest, n, kept = answers_digest(answers, limit, world_size)
     return {"table": spec["table"], "spec_version": spec["spec_version"], "cell": cell, "method": row.method,
-            "budget": row.budget, "benchmark": bench.name, "task": bench.task, "stock_task": bench.stock,
+            "budget": row.budget, "budget_run": row.budget_to_run, "benchmark": bench.name, "task": bench.task,
+            "stock_task": bench.stock,
             "metric": bench.metric, "value": round(raw * bench.scale, 4), "raw_value": raw,
             "n_samples": n, "limit": limit, "answers_sha256": digest, "mean_visual_tokens_kept": kept,
             "wall_s": round(wall_s, 2),

@@ -10,6 +10,8 @@ import torch
 from reproduce.micro import card as cards
 from reproduce.micro import models, teach, train
 
+pytestmark = pytest.mark.micro
+
 #: Largest |loss - recorded loss| over the first 50 steps: float sums differ between CPUs and thread
 #: counts, and a difference grows with each step (measured here: docs/micro.md).
 LOSS_TOLERANCE = 0.02
@@ -59,8 +61,13 @@ def _trainer(family, work, **settings):
 def test_fifty_steps_from_the_seed_match_the_recorded_losses(family, tmp_path):
     card = shipped_card(family)
     settings = {k: v for k, v in card["settings"].items() if k != "family"}
-    losses = _trainer(family, tmp_path / "work", **settings).train(until=cards.LOSS_PREFIX, progress=False,
-                                                                   heldout_every=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(card["versions"]["threads"])  # the training's own thread count: the same float sums
+    try:
+        losses = _trainer(family, tmp_path / "work", **settings).train(until=cards.LOSS_PREFIX, progress=False,
+                                                                       heldout_every=0)
+    finally:
+        torch.set_num_threads(threads)
     recorded = card["loss_prefix"]
     assert len(recorded) == cards.LOSS_PREFIX
     worst = max(abs(a - b) for a, b in zip(losses, recorded))

@@ -10,6 +10,7 @@ USAGE = """python -m reproduce.micro <command> [options]
 Commands:
   train      train a micro model from scratch (python -m reproduce.micro train --help)
   evaluate   held-out accuracy of a micro checkpoint, checked against its model card
+  bias       positional bias of a micro model and what debiasing changes (python -m reproduce.micro bias --help)
   scenes     write N calibration scenes as PNG files: scenes OUT_DIR [N] (for the prior command)
 """
 
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         from reproduce.micro.train import main as run
     elif command == "evaluate":
         from reproduce.micro.evaluate import main as run
+    elif command == "bias":
+        from reproduce.micro.bias import main as run
     elif command == "scenes":
         if len(rest) not in (1, 2) or (len(rest) == 2 and not rest[1].isdigit()):
             print("usage: python -m reproduce.micro scenes OUT_DIR [N]", file=sys.stderr)
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {len(paths)} scenes to {rest[0]}")
         return 0
     else:
-        print(f"error: unknown command {command!r}; available: train, evaluate", file=sys.stderr)
+        print(f"error: unknown command {command!r}; available: train, evaluate, bias, scenes", file=sys.stderr)
         return 2
     return run(rest)
 

@@ -24,7 +24,7 @@ import numpy as np
 from reproduce.micro.questions import existence  # noqa: F401  (the doctest's question kind)
 from reproduce.micro.scenes import Scene, make_scene, render
 
-__all__ = ["SPLITS", "SIDE", "stream", "draw", "image_cell", "scene_png", "write_scenes"]
+__all__ = ["SPLITS", "SIDE", "stream", "draw", "image_cell", "scene_png", "scene_of", "write_scenes"]
 
 #: Seed of each held-out split: validation (model cards), test (the micro tables), calibration (the
 #: scenes the micro priors are measured on). Training draws from seeds 1000 and up
@@ -39,6 +39,11 @@ def stream(name: str) -> int:
     return zlib.crc32(name.encode("utf-8"))
 
 
+#: Object counts of the scenes :func:`draw` makes when the caller does not say (the training
+#: curriculum narrows it for its first chunks: :func:`reproduce.micro.teach.curriculum`).
+OBJECTS = [(2, 5)]
+
+
 def draw(seed: int, name: str, i: int, ask: Callable, **scene_kwargs) -> tuple[Scene, tuple]:
     """Scene and question number ``i`` of stream ``name`` under split ``seed``: ``ask(scene, rng)`` must
     return the question or ``None`` (then the next attempt draws a new scene)."""
@@ -46,7 +51,7 @@ def draw(seed: int, name: str, i: int, ask: Callable, **scene_kwargs) -> tuple[S
         raise ValueError(f"seed {seed!r}: need an int >= 0 (splits: {SPLITS})")
     for attempt in range(1000):
         rng = np.random.default_rng([seed, stream(name), i, attempt])
-        scene = make_scene(rng, **scene_kwargs)
+        scene = make_scene(rng, **{"n_objects": OBJECTS[-1], **scene_kwargs})
         question = ask(scene, rng)
         if question is not None:
             return scene, question
@@ -61,9 +66,22 @@ def scene_png(scene: Scene, side: int = SIDE) -> bytes:
     return buffer.getvalue()
 
 
+#: The scene of each PNG that :func:`image_cell` made, for training aids that need what the pixels show.
+_SCENES: dict[bytes, Scene] = {}
+
+
 def image_cell(scene: Scene, name: str) -> dict:
     """The value of an ``Image()`` column holding a rendered scene."""
-    return {"bytes": scene_png(scene), "path": f"{name}.png"}
+    png = scene_png(scene)
+    if len(_SCENES) > 100_000:
+        _SCENES.clear()
+    _SCENES[png] = scene
+    return {"bytes": png, "path": f"{name}.png"}
+
+
+def scene_of(png: bytes) -> Scene | None:
+    """The scene a PNG made by :func:`image_cell` in this process shows (None if unknown)."""
+    return _SCENES.get(png)
 
 
 def write_scenes(out, n: int, split: str = "calibration") -> list:

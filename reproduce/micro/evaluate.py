@@ -21,8 +21,11 @@ from reproduce.micro import models, teach
 __all__ = ["answer", "score", "evaluate", "main"]
 
 
-def answer(model, processor, family: str, examples: list[tuple], batch: int = 32, max_new_tokens: int = 24) -> list[str]:
-    """Greedy answers to ``(image, context, target)`` examples (targets unused)."""
+def answer(model, processor, family: str, examples: list[tuple], batch: int = 32, max_new_tokens: int = 24,
+           handle=None) -> list[str]:
+    """Greedy answers to ``(image, context, target)`` examples (targets unused); with a pruning ``handle``
+    attached to ``model``, each batch's instructions and tile grids are given to it first (as the
+    table adapter does)."""
     from d2pruner.models.family import get_family
 
     fam = get_family(family)
@@ -32,6 +35,9 @@ def answer(model, processor, family: str, examples: list[tuple], batch: int = 32
     for i in range(0, len(examples), batch):
         chunk = examples[i:i + batch]
         inputs = fam.build_batch(processor, [e[0] for e in chunk], [e[1] for e in chunk], max_tiles=4)
+        if handle is not None:
+            handle.set_instructions([e[1] for e in chunk])
+            handle.set_item_hints(fam.item_hints(processor, [e[0] for e in chunk], 4))
         with torch.inference_mode():
             ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                  eos_token_id=[end], pad_token_id=tok.pad_token_id,

@@ -33,7 +33,7 @@ import re
 import torch
 
 __all__ = ["FAMILIES", "SPECIALS", "PIECE", "word_tokenizer", "micro_config", "micro_processor", "checkpoint_dir",
-           "answer_prefix", "answer_end"]
+           "answer_prefix", "answer_end", "token_regions"]
 
 #: Families with a micro model.
 FAMILIES = ("llava", "internvl")
@@ -125,8 +125,25 @@ def _internvl_processor(tokenizer):
     return image_only_internvl_processor()(images, tokenizer, image_seq_length=16, chat_template=_TINY_TEMPLATE)
 
 
-#: Each family's micro recipe: (configuration builder, processor builder).
-_RECIPES = {"llava": (_llava_config, _llava_processor), "internvl": (_internvl_config, _internvl_processor)}
+def _grid_regions(side: int, x0: float = 0.0, y0: float = 0.0, extent: float = 1.0) -> list:
+    return [(x0 + extent * c / side, y0 + extent * r / side, x0 + extent * (c + 1) / side, y0 + extent * (r + 1) / side)
+            for r in range(side) for c in range(side)]
+
+
+def _llava_regions() -> list:
+    return _grid_regions(12)
+
+
+def _internvl_regions() -> list:
+    # the processor's order: the 2 x 2 tiles row by row, then the thumbnail; 4 x 4 tokens each
+    tiles = [_grid_regions(4, tc / 2, tr / 2, 0.5) for tr in range(2) for tc in range(2)]
+    return [r for tile in tiles for r in tile] + _grid_regions(4)
+
+
+#: Each family's micro recipe: (configuration builder, processor builder, the image region each visual token
+#: sees, as (x0, y0, x1, y1) fractions of a square scene, in the projector's output order).
+_RECIPES = {"llava": (_llava_config, _llava_processor, _llava_regions),
+            "internvl": (_internvl_config, _internvl_processor, _internvl_regions)}
 
 
 def _recipe(family: str):
@@ -138,6 +155,15 @@ def _recipe(family: str):
 def micro_config(family: str, vocab_size: int, image_token_id: int):
     """The model configuration of a family's micro model (see the module docstring)."""
     return _recipe(family)[0](vocab_size, image_token_id)
+
+
+def token_regions(family: str) -> list[tuple[float, float, float, float]]:
+    """The region of a square scene each visual token of the micro model sees, in the projector's output order.
+
+    >>> len(token_regions("llava")), len(token_regions("internvl")), token_regions("internvl")[4]
+    (144, 80, (0.0, 0.125, 0.125, 0.25))
+    """
+    return _recipe(family)[2]()
 
 
 def micro_processor(family: str, tokenizer):

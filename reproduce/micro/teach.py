@@ -109,9 +109,14 @@ def targets(stock: str, rows: list[dict]) -> list[str]:
 
 
 def _image(cell: dict):
+    """The PIL image of an image cell, carrying its scene (``.micro_scene``) for the training aids."""
     from PIL import Image
 
-    return Image.open(io.BytesIO(cell["bytes"]))
+    from reproduce.micro.data import scene_of
+
+    image = Image.open(io.BytesIO(cell["bytes"]))
+    image.micro_scene = scene_of(cell["bytes"])
+    return image
 
 
 def caption(scene, boxes: bool) -> str:
@@ -150,15 +155,28 @@ def task_examples(stock: str, n: int, seed: int) -> list[tuple]:
 
 
 class Stream:
-    """The endless training stream of one task: :meth:`take` returns examples ``start .. start + n - 1``."""
+    """The endless training stream of one task: :meth:`take` returns examples ``start .. start + n - 1``.
 
-    def __init__(self, stock: str) -> None:
+    ``objects(chunk)``: the object-count range of the scenes of a chunk (the curriculum; a function of the
+    chunk alone, so a resumed run draws the same examples); default the scenes' own.
+    """
+
+    def __init__(self, stock: str, objects=None) -> None:
         self.stock = stock
+        self.objects = objects
         self._chunk: tuple[int, list] | None = None
 
     def _get(self, chunk: int) -> list:
         if self._chunk is None or self._chunk[0] != chunk:
-            self._chunk = (chunk, task_examples(self.stock, CHUNK, train_seed(chunk)))
+            from reproduce.micro import data
+
+            if self.objects is not None:
+                data.OBJECTS.append(self.objects(chunk))
+            try:
+                self._chunk = (chunk, task_examples(self.stock, CHUNK, train_seed(chunk)))
+            finally:
+                if self.objects is not None:
+                    data.OBJECTS.pop()
         return self._chunk[1]
 
     def take(self, start: int, n: int) -> list:

@@ -5,7 +5,14 @@ family's mixture (:data:`reproduce.micro.teach.MIXES`), the next examples of tha
 stream, so the data of a step is a function of the step alone. Every ``--save-every`` steps the
 whole state (weights, optimizer, schedule position, loss history) is written atomically to
 ``<work>/state.pt``; a run started again with the same ``--work`` resumes from it and gives the
-same weights as one that was never killed. Progress goes to a bar on stderr and, one JSON line per
+same weights as one that was never killed.
+
+Two aids make the 30-minute budget enough (docs/micro.md): each step's examples are sorted by length
+and run as two half batches (gradients accumulated, so less padding), and an auxiliary loss teaches
+the projector's output, token by token, which colour covers each quarter of the image region the
+token sees (read from the pixels; a linear head that exists only during training, so the checkpoint
+is the unmodified architecture). Without it the models first spend hundreds of steps learning the
+answers' priors before they use the image at all. Progress goes to a bar on stderr and, one JSON line per
 logged step, to ``<work>/progress.jsonl``. At the end the model and processor are saved with
 ``save_pretrained`` to ``--out`` with a model card (``README.md`` + ``card.json``): command, seeds,
 versions, loss curve and held-out accuracy per task (:mod:`reproduce.micro.evaluate`).
@@ -14,6 +21,7 @@ versions, loss curve and held-out accuracy per task (:mod:`reproduce.micro.evalu
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -25,7 +33,10 @@ import torch
 
 from reproduce.micro import models, teach
 
-__all__ = ["Settings", "build_tokenizer", "make_batch", "batch_loss", "Trainer", "main"]
+__all__ = ["Settings", "build_tokenizer", "make_batch", "batch_loss", "colour_quadrants", "Trainer", "main"]
+
+#: Weight of the auxiliary colour loss beside the answers' loss.
+AUX_WEIGHT = 0.5
 
 
 class Settings:
@@ -87,17 +98,23 @@ def build_tokenizer(family: str):
     return models.word_tokenizer(vocabulary_corpus(family))
 
 
-def make_batch(family: str, processor, examples: list[tuple]) -> dict:
+def make_batch(family: str, processor, examples: list[tuple], short: bool = False) -> dict:
     """Model inputs for ``(image, context, target)`` examples: the family's prompt with the target and the
     answer end appended, padded on the left (the same prompt as evaluation), and ``answer_mask`` marking
-    the target and end tokens."""
+    the target and end tokens. ``short``: the curriculum's first form instead, the image and the
+    question's first line only (no system prompt, no chat template, no instruction)."""
     from d2pruner.models.family import get_family
 
     fam = get_family(family)
     images = [im for im, _, _ in examples]
     questions = [c for _, c, _ in examples]
     answers = [models.answer_prefix(family) + t + models.answer_end(family) for _, _, t in examples]
-    batch = fam.build_batch(processor, images, questions, max_tiles=4)
+    if short:
+        batch = processor(images=images, text=["<image>\n" + q.strip().split("\n")[0] + "\n" for q in questions],
+                          padding=True, return_tensors="pt")
+        answers = [a.lstrip(" ") for a in answers]
+    else:
+        batch = fam.build_batch(processor, images, questions, max_tiles=4)
     tok = processor.tokenizer
     answer_ids = [tok(a, add_special_tokens=False)["input_ids"] for a in answers]
     n = max(len(a) for a in answer_ids)
@@ -128,6 +145,72 @@ def batch_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return loss, right
 
 
+def colour_quadrants(images, regions) -> torch.Tensor:
+    """Auxiliary labels: for each image, visual token (its region, fractions of the image) and quarter of
+    that region, the index of the scene colour (1-based, :data:`reproduce.micro.scenes.COLOURS`) that
+    covers at least 30 % of its pixels, else 0. Shape ``(images, tokens, 4)``.
+
+    >>> from PIL import Image
+    >>> im = Image.new("RGB", (8, 8)); im.paste((220, 40, 40), (0, 0, 4, 4))
+    >>> colour_quadrants([im], [(0, 0, 1, 1)]).tolist()
+    [[[1, 0, 0, 0]]]
+    """
+    import numpy as np
+
+    from reproduce.micro.scenes import COLOURS
+
+    out = []
+    for image in images:
+        arr = np.asarray(image.convert("RGB"), dtype=np.int32)
+        h, w = arr.shape[:2]
+        classes = np.zeros((h, w), dtype=np.int64)
+        for k, rgb in enumerate(COLOURS.values(), start=1):
+            classes[(arr == np.asarray(rgb)).all(-1)] = k
+        onehot = np.eye(len(COLOURS) + 1, dtype=np.int64)[classes]
+        integral = np.zeros((h + 1, w + 1, onehot.shape[-1]), dtype=np.int64)
+        integral[1:, 1:] = onehot.cumsum(0).cumsum(1)
+        boxes = []
+        for x0, y0, x1, y1 in regions:
+            xm, ym = (x0 + x1) / 2, (y0 + y1) / 2
+            boxes += [(x0, y0, xm, ym), (xm, y0, x1, ym), (x0, ym, xm, y1), (xm, ym, x1, y1)]
+        b = np.asarray([[round(v * s) for v, s in zip(box, (w, h, w, h))] for box in boxes])
+        counts = (integral[b[:, 3], b[:, 2]] - integral[b[:, 1], b[:, 2]] - integral[b[:, 3], b[:, 0]]
+                  + integral[b[:, 1], b[:, 0]])
+        area = np.maximum(1, (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
+        best = counts[:, 1:].argmax(1) + 1
+        label = np.where(counts[np.arange(len(b)), best] >= 0.3 * area, best, 0)
+        out.append(label.reshape(len(regions), 4))
+    return torch.as_tensor(np.stack(out))
+
+
+def word_labels(images, regions, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each image (with its ``.micro_scene``) and visual token: the id of the colour word and of the
+    shape word (with a leading space, as questions use them) of the object that covers most of the
+    token's region (at least 30 %), else -100 (ignored). Shapes ``(images, tokens)`` each."""
+    from reproduce.micro.scenes import GRID
+
+    colours, shapes = torch.full((len(images), len(regions)), -100), torch.full((len(images), len(regions)), -100)
+    for i, image in enumerate(images):
+        scene = getattr(image, "micro_scene", None)
+        if scene is None:
+            continue
+        things = [(o.cells_xyxy(), o.colour, o.shape) for o in scene.objects]
+        things += [([x, y, x + 2, y + 2], colour, None) for x, y, _, colour in scene.digits]
+        for t, (x0, y0, x1, y1) in enumerate(regions):
+            rx0, ry0, rx1, ry1 = x0 * GRID, y0 * GRID, x1 * GRID, y1 * GRID
+            area = (rx1 - rx0) * (ry1 - ry0)
+            best, cover = None, 0.3 * area
+            for (ox0, oy0, ox1, oy1), colour, shape in things:
+                inter = max(0.0, min(rx1, ox1) - max(rx0, ox0)) * max(0.0, min(ry1, oy1) - max(ry0, oy0))
+                if inter >= cover:
+                    best, cover = (colour, shape), inter
+            if best is not None:
+                colours[i, t] = tokenizer.convert_tokens_to_ids(" " + best[0])
+                if best[1] is not None:
+                    shapes[i, t] = tokenizer.convert_tokens_to_ids(" " + best[1])
+    return colours, shapes
+
+
 class Trainer:
     """One training run in a work folder (resumable)."""
 
@@ -146,20 +229,49 @@ class Trainer:
         self.tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
         self.processor = models.micro_processor(settings.family, self.tokenizer)
         self.model = models.build_model(settings.family, self.tokenizer, settings.seed)
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
-        rest = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+        from d2pruner.models.tiny_parts import seeded
+
+        from reproduce.micro.scenes import COLOURS
+
+        self.regions = models.token_regions(settings.family)
+        with seeded(settings.seed + 1):
+            self.aux_head = torch.nn.Linear(self.model.config.text_config.hidden_size, 4 * (len(COLOURS) + 1))
+        self._projected: list = []
+        self.model.model.multi_modal_projector.register_forward_hook(
+            lambda m, i, o: self._projected.append(o) if self.model.training else None)
+        params = [*self.model.named_parameters(), *(("aux." + n, p) for n, p in self.aux_head.named_parameters())]
+        decay = [p for n, p in params if p.ndim >= 2]
+        rest = [p for n, p in params if p.ndim < 2]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
                                       {"params": rest, "weight_decay": 0.0}], lr=settings.lr, betas=(0.9, 0.98))
         self.step, self.losses, self.seconds = 0, [], 0.0
-        self.streams = {k: teach.Stream(k) for k in settings.mix()}
+        self.streams = {k: teach.Stream(k, objects=functools.partial(self._objects, n)) for k, n in settings.mix().items()}
         if self.state_path.exists():
             state = torch.load(self.state_path, weights_only=False)
             if state["settings"] != settings.as_dict():
                 raise ValueError(f"{self.state_path} was written with settings {state['settings']}, not "
                                  f"{settings.as_dict()}: use another --work folder or the same settings")
             self.model.load_state_dict(state["model"])
+            self.aux_head.load_state_dict(state["aux_head"])
             self.opt.load_state_dict(state["opt"])
             self.step, self.losses, self.seconds = state["step"], state["losses"], state["seconds"]
+
+    #: The curriculum: (share of the steps, scenes' object counts, share of examples in the short form).
+    CURRICULUM = ((0.2, (1, 2), 1.0), (0.45, (1, 3), 0.5), (1.0, (2, 5), 0.0))
+
+    def _objects(self, per_step: int, chunk: int) -> tuple[int, int]:
+        """Object counts of a stream's chunk: by the share of training at which the chunk starts."""
+        at = chunk * teach.CHUNK / per_step / self.s.steps
+        return next(objects for until, objects, _ in self.CURRICULUM if at < until or until == 1.0)
+
+    def short_form(self, step: int, n: int) -> list[bool]:
+        """Which of a step's ``n`` examples are asked in the short form (the curriculum's share, by a draw
+        seeded with the step)."""
+        import numpy as np
+
+        at = step / self.s.steps
+        share = next(short for until, _, short in self.CURRICULUM if at < until or until == 1.0)
+        return list(np.random.default_rng([self.s.seed, step]).random(n) < share)
 
     def examples(self, step: int) -> list[tuple]:
         """The examples of step ``step`` (a function of the step alone)."""
@@ -186,9 +298,54 @@ class Trainer:
         self.model.train(was)
         return out
 
+    def step_loss(self, examples: list[tuple]) -> tuple[float, torch.Tensor]:
+        """Forward and backward over ``examples`` in two length-sorted halves; the loss (answers' cross-entropy
+        per answer token + AUX_WEIGHT x the colour loss) and, per example, whether its answer was the argmax."""
+        short = self.short_form(self.step, len(examples))
+        order = sorted(range(len(examples)), key=lambda i: (not short[i], len(examples[i][1]) + len(examples[i][2]), i))
+        if 0 < sum(short) < len(examples):  # short and full forms in batches of their own
+            halves = [[i for i in order if short[i]], [i for i in order if not short[i]]]
+        else:
+            halves = [order[: (len(order) + 1) // 2], order[(len(order) + 1) // 2:]]
+        halves = [h for h in halves if h]
+        batches = [make_batch(self.s.family, self.processor, [examples[i] for i in h], short=short[h[0]]) for h in halves]
+        tokens = sum(int(b["answer_mask"][:, 1:].sum()) for b in batches)
+        total, right = 0.0, torch.zeros(len(examples), dtype=torch.bool)
+        for idx, batch in zip(halves, batches):
+            self._projected.clear()
+            loss, ok = batch_loss(self.model, batch)
+            share = int(batch["answer_mask"][:, 1:].sum()) / tokens
+            feats = self._projected[-1].reshape(len(idx), len(self.regions), -1)
+            labels = colour_quadrants([examples[i][0] for i in idx], self.regions)
+            aux = torch.nn.functional.cross_entropy(self.aux_head(feats).reshape(labels.numel(), -1), labels.reshape(-1))
+            aux = aux + self.align_loss(feats, [examples[i][0] for i in idx])
+            part = loss * share + AUX_WEIGHT * aux * len(idx) / len(examples)
+            part.backward()
+            total += float(part)
+            right[idx] = ok
+        return total, right
+
+    def align_loss(self, feats: torch.Tensor, images) -> torch.Tensor:
+        """Alignment of each visual token with the words for what it shows: cross-entropy of its projected
+        feature's dot products with the (tied) word embeddings of the colours, and of the shapes, against
+        the colour and shape of the object it covers (:func:`word_labels`)."""
+        from reproduce.micro.scenes import COLOURS, SHAPES
+
+        colour_ids, shape_ids = word_labels(images, self.regions, self.tokenizer)
+        embed = self.model.get_input_embeddings().weight
+        total = feats.new_zeros(())
+        for words, labels in ((COLOURS, colour_ids), (SHAPES, shape_ids)):
+            ids = torch.tensor([self.tokenizer.convert_tokens_to_ids(" " + w) for w in words])
+            mask = labels >= 0
+            if mask.any():
+                target = (labels[mask][:, None] == ids[None]).float().argmax(-1)
+                total = total + torch.nn.functional.cross_entropy(feats[mask] @ embed[ids].T, target)
+        return total
+
     def save_state(self) -> None:
         tmp = self.state_path.with_suffix(".tmp")
-        torch.save({"settings": self.s.as_dict(), "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+        torch.save({"settings": self.s.as_dict(), "model": self.model.state_dict(), "aux_head": self.aux_head.state_dict(),
+                    "opt": self.opt.state_dict(),
                     "step": self.step, "losses": self.losses, "seconds": self.seconds}, tmp)
         os.replace(tmp, self.state_path)
 
@@ -206,13 +363,11 @@ class Trainer:
         bar = tqdm(total=until, initial=self.step, desc=f"micro {self.s.family}", disable=not progress, file=sys.stderr)
         start = time.perf_counter() - self.seconds
         while self.step < until:
-            batch = make_batch(self.s.family, self.processor, self.examples(self.step))
             for group in self.opt.param_groups:
                 group["lr"] = self.s.lr_at(self.step)
-            loss, right = batch_loss(self.model, batch)
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.clip)
+            loss, right = self.step_loss(self.examples(self.step))
+            torch.nn.utils.clip_grad_norm_([*self.model.parameters(), *self.aux_head.parameters()], self.s.clip)
             self.opt.step()
             self.losses.append(round(float(loss), 6))
             self.step += 1
@@ -264,4 +419,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 #: Default steps per family (chosen to fit 30 minutes on the 2-core CPU: docs/micro.md).
-DEFAULT_STEPS = {"llava": 1800, "internvl": 1800}
+DEFAULT_STEPS = {"llava": 950, "internvl": 950}
