@@ -99,16 +99,18 @@ def internvl_box_to_unit(box: list[float] | None) -> list[float]:
     -------
     list of float
         ``box / 1000``; ``[0, 0, 0, 0]`` for None -- lmms-eval's own value for an unparseable
-        answer, which scores IoU 0 against any real box.
+        answer, which scores IoU 0 against any real box -- and for an inverted box (``x2 < x1`` or
+        ``y2 < y1``: not a box; its negative area could cancel the true box's in lmms-eval's union
+        and divide by zero).
 
     Examples
     --------
     >>> internvl_box_to_unit([100.0, 250.0, 600.0, 1000.0])
     [0.1, 0.25, 0.6, 1.0]
-    >>> internvl_box_to_unit(None)
-    [0.0, 0.0, 0.0, 0.0]
+    >>> internvl_box_to_unit(None), internvl_box_to_unit([600.0, 250.0, 100.0, 1000.0])
+    ([0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0])
     """
-    if box is None:
+    if box is None or box[2] < box[0] or box[3] < box[1]:
         return [0.0, 0.0, 0.0, 0.0]
     return [v / INTERNVL_BOX_SCALE for v in box]
 
