@@ -78,5 +78,10 @@ def test_reproduce_list(capsys):
             assert why and f"  not run: {method}@{budget}: {why.split(': ')[0]}" in out
     assert "not run: VisionZip@10%: visionzip needs the [CLS] attention" in out
     assert "not implemented" not in out
-    assert f"python -m reproduce {'|'.join(TABLES)} [--smoke]" in out
+    assert f"python -m reproduce {'|'.join(TABLES)} [--smoke | --micro [--reduced]]" in out
+    for table in TABLES:
+        micro = load_spec(table).get("micro")
+        if micro:
+            rows, _ = select_rows(load_spec(table), False, None, micro=True)
+            assert f"micro twin (--micro): micro {micro['model']}, {len(rows)} rows that run" in out
     assert main(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
