@@ -173,7 +173,7 @@ def select_rows(spec: dict, smoke: bool, wanted: str | None, micro: bool = False
             skipped.append((r["method"], r["budget"], "not implemented"))
         elif (why := row_refusal(spec, key, r["budget"])) is not None:
             skipped.append((r["method"], r["budget"], why))
-        elif micro and (why := micro_refusal(spec, key)) is not None:
+        elif micro and (why := micro_refusal(spec, key, r["budget"])) is not None:
             skipped.append((r["method"], r["budget"], why))
         else:
             run.append(Row(r["method"], r["budget"], key))
@@ -183,16 +183,33 @@ def select_rows(spec: dict, smoke: bool, wanted: str | None, micro: bool = False
     return run, skipped
 
 
-def micro_refusal(spec: dict, key: str) -> str | None:
-    """Why method ``key`` cannot run on the spec's micro model, or None: a method that needs a text tower
-    the family takes from a checkpoint of its own (LLaVA's CLIP for CDPruner) has none aligned with
-    the micro model's vision tower."""
+def micro_refusal(spec: dict, key: str, budget: str) -> str | None:
+    """Why method ``key`` cannot run at the row's ``budget`` on the spec's micro model, or None: a method
+    that needs a text tower the family takes from a checkpoint of its own (LLaVA's CLIP for CDPruner)
+    has none aligned with the micro model's vision tower; a progressive method whose schedule cannot
+    reach the (scaled) budget with the micro model's 4 layers and 80 or 144 visual tokens.
+
+    >>> micro_refusal(load_spec("table2"), "sparsevlm", "10%")[:55]
+    'on the micro model: sparsevlm cannot average 8 visual t'
+    """
     from d2pruner.methods.base import Need, get_method
     from d2pruner.models.family import get_family
+    from d2pruner.spec import resolve_budget
+    from reproduce.adapter import parse_budget
+    from reproduce.micro.models import token_regions
 
-    if Need.TEXT_TOWER in get_method(key).needs and get_family(spec["model"]["family"]).text_tower_checkpoint:
+    method = get_method(key)
+    if Need.TEXT_TOWER in method.needs and get_family(spec["model"]["family"]).text_tower_checkpoint:
         return (f"{key} needs a CLIP text tower aligned with the vision tower; the micro model's vision tower "
                 "was trained here without one")
+    config = json.loads((micro_checkpoint(spec) / "config.json").read_text())
+    n_layers = int(config["text_config"]["num_hidden_layers"])
+    n_visual = len(token_regions(spec["micro"]["model"]))
+    run = parse_budget(spec["micro"].get("budgets", {}).get(budget, budget))
+    try:
+        method.schedule(n_layers, n_visual, resolve_budget(run, n_visual))
+    except ValueError as err:
+        return f"on the micro model: {err}"
     return None
 
 
