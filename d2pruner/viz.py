@@ -1,4 +1,6 @@
-"""Pictures for the walkthrough notebooks: token grids over an image, score maps, kept tokens, graphs.
+"""Pictures for the walkthrough notebooks: token grids over an image, score maps, kept tokens, graphs,
+boxes. A view of several tokens per side (LLaVA's grid, InternVL's tile canvas or thumbnail) spans the
+whole image it is drawn over.
 
 Also two input builders for demonstrations without a model: :func:`image_grid_features` (each
 token's pixels as its feature vector) and :func:`synthetic_attention` (a content term times a
@@ -13,8 +15,8 @@ import numpy as np
 
 from d2pruner.spec import Role
 
-__all__ = ["ROLE_COLOURS", "image_grid_features", "show_graph", "show_mis_order", "show_scores", "show_tokens",
-           "synthetic_attention"]
+__all__ = ["ROLE_COLOURS", "image_grid_features", "show_box", "show_graph", "show_mis_order", "show_scores",
+           "show_tokens", "show_view_tokens", "synthetic_attention", "view_cells"]
 
 ROLE_COLOURS = {Role.PIVOT: "#d62728", Role.MIS: "#1f77b4", Role.TOPUP: "#ff7f0e", Role.KEPT: "#2ca02c"}
 
@@ -80,20 +82,66 @@ def show_scores(ax, values: np.ndarray, side: int, image: np.ndarray | None = No
 def show_tokens(ax, image: np.ndarray, side: int, kept: Sequence[int], roles: Sequence[int] | None = None,
                 title: str = "", dim: float = 0.35):
     """The image with dropped tokens dimmed and kept ones outlined (colour by role if given)."""
+    cells = [(j, *divmod(int(i), side)) for j, i in enumerate(kept)]
+    _draw_tokens(ax, image, (side, side), cells, roles, title, dim)
+
+
+def view_cells(layout, kept: Sequence[int], view: int = 0) -> tuple[tuple[int, int], list[tuple[int, int, int]]]:
+    """Where the kept tokens of one view of a :class:`~d2pruner.spec.TokenLayout` lie: the view's grid
+    ``(rows, cols)`` and, for each kept token in that view, ``(j, row, col)`` with ``j`` its place in ``kept``.
+
+    >>> from d2pruner.spec import TokenLayout
+    >>> layout = TokenLayout.internvl(2, 2, tile_side=2)  # 2x2 tiles of 2x2 tokens on a 4x4 canvas, then a thumbnail
+    >>> view_cells(layout, [0, 5, 16, 19], view=0)  # token 5: tile (0, 1), its token (0, 1)
+    ((4, 4), [(0, 0, 0), (1, 0, 3)])
+    >>> view_cells(layout, [0, 5, 16, 19], view=1)
+    ((2, 2), [(2, 0, 0), (3, 1, 1)])
+    """
+    in_view = layout.view == view
+    if not in_view.any():
+        raise ValueError(f"the layout has no view {view} (views: {sorted(set(layout.view.tolist()))})")
+    shape = (int(layout.row[in_view].max()) + 1, int(layout.col[in_view].max()) + 1)
+    cells = [(j, int(layout.row[i]), int(layout.col[i])) for j, i in enumerate(np.asarray(kept, dtype=int)) if in_view[i]]
+    return shape, cells
+
+
+def show_view_tokens(ax, image: np.ndarray, layout, kept: Sequence[int], roles: Sequence[int] | None = None,
+                     view: int = 0, title: str = "", dim: float = 0.35):
+    """Like :func:`show_tokens` for one view of a layout (InternVL: view 0 = the tiles' canvas, view 1 =
+    the thumbnail), its grid stretched over the whole image; ``kept`` index the whole layout."""
+    shape, cells = view_cells(layout, kept, view)
+    _draw_tokens(ax, image, shape, cells, roles, title, dim)
+
+
+def _draw_tokens(ax, image, shape: tuple[int, int], cells, roles, title: str, dim: float):
     from matplotlib.patches import Rectangle
 
-    mask = np.zeros(side * side, bool)
-    mask[np.asarray(kept, dtype=int)] = True
-    shade = np.where(mask.reshape(side, side), 1.0, dim)
-    cell_h, cell_w = image.shape[0] / side, image.shape[1] / side
+    rows, cols = shape
+    shade = np.full(shape, dim)
+    for _, r, c in cells:
+        shade[r, c] = 1.0
+    cell_h, cell_w = image.shape[0] / rows, image.shape[1] / cols
     ax.imshow(image)
     ax.imshow(shade, cmap="gray", vmin=0, vmax=1, alpha=0.55, extent=_extent(image), interpolation="nearest")
-    for j, i in enumerate(kept):
-        r, c = divmod(int(i), side)
+    for j, r, c in cells:
         colour = ROLE_COLOURS[Role(int(roles[j]))] if roles is not None else "#2ca02c"
         ax.add_patch(Rectangle((c * cell_w, r * cell_h), cell_w, cell_h, fill=False, edgecolor=colour, linewidth=1.2))
     ax.set_title(title)
     ax.axis("off")
+
+
+def show_box(ax, box: Sequence[float], image: np.ndarray, colour: str = "#00ff00", label: str | None = None,
+             scale: float = 1000.0, linestyle: str = "-"):
+    """Outline a box ``[x1, y1, x2, y2]`` given in a ``scale`` frame over the image (InternVL's boxes:
+    [0, 1000] across the image in both axes); ``label`` is written above it."""
+    from matplotlib.patches import Rectangle
+
+    sx, sy = image.shape[1] / scale, image.shape[0] / scale
+    x1, y1, x2, y2 = (float(v) for v in box)
+    ax.add_patch(Rectangle((x1 * sx, y1 * sy), (x2 - x1) * sx, (y2 - y1) * sy, fill=False, edgecolor=colour,
+                           linewidth=2, linestyle=linestyle))
+    if label:
+        ax.text(x1 * sx, y1 * sy - 1, label, color=colour, fontsize=8, va="bottom")
 
 
 def show_graph(ax, image: np.ndarray, side: int, graph, title: str = "", max_edges: int = 4000):
