@@ -321,7 +321,7 @@ class Trainer:
             aux = aux + self.align_loss(feats, [examples[i][0] for i in idx])
             part = loss * share + AUX_WEIGHT * aux * len(idx) / len(examples)
             part.backward()
-            total += float(part)
+            total += float(part.detach())
             right[idx] = ok
         return total, right
 
