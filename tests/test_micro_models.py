@@ -116,9 +116,10 @@ def test_tokenizer_covers_every_prompt_and_answer_and_decodes_them_back(family):
                 assert tok.decode(ids) == text
 
 
-@pytest.mark.parametrize("family", models.FAMILIES)
-def test_tokenizer_rebuilds_from_its_corpus(family):
+def test_tokenizers_rebuild_from_their_corpus():
     from transformers import PreTrainedTokenizerFast
 
-    shipped = PreTrainedTokenizerFast.from_pretrained(models.checkpoint_dir(family))
-    assert train.build_tokenizer(family).get_vocab() == shipped.get_vocab()
+    rebuilt = {family: train.build_tokenizer(family).get_vocab() for family in models.FAMILIES[:1]}
+    for family in models.FAMILIES:  # one corpus serves every family: the data and the prompts are shared
+        shipped = PreTrainedTokenizerFast.from_pretrained(models.checkpoint_dir(family)).get_vocab()
+        assert shipped == rebuilt[models.FAMILIES[0]], family
