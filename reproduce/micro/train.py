@@ -7,12 +7,12 @@ whole state (weights, optimizer, schedule position, loss history) is written ato
 ``<work>/state.pt``; a run started again with the same ``--work`` resumes from it and gives the
 same weights as one that was never killed.
 
-Two aids make the 30-minute budget enough (docs/micro.md): each step's examples are sorted by length
-and run as two half batches (gradients accumulated, so less padding), and an auxiliary loss teaches
-the projector's output, token by token, which colour covers each quarter of the image region the
-token sees (read from the pixels; a linear head that exists only during training, so the checkpoint
-is the unmodified architecture). Without it the models first spend hundreds of steps learning the
-answers' priors before they use the image at all. Progress goes to a bar on stderr and, one JSON line per
+Aids for the 30-minute CPU budget, each measured necessary here (docs/micro.md): a curriculum
+(:attr:`Trainer.CURRICULUM`: short prompts and small scenes first), auxiliary losses on the projector's
+output (which colour covers each quarter of each visual token's region, read from the pixels; the
+alignment of each token with the word embeddings of what it shows), both on heads that exist only in
+training, so the checkpoint is the unmodified architecture; and two length-sorted half batches per
+step. Even so, the shipped models stay far below the targets (their model cards). Progress goes to a bar on stderr and, one JSON line per
 logged step, to ``<work>/progress.jsonl``. At the end the model and processor are saved with
 ``save_pretrained`` to ``--out`` with a model card (``README.md`` + ``card.json``): command, seeds,
 versions, loss curve and held-out accuracy per task (:mod:`reproduce.micro.evaluate`).
@@ -418,5 +418,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-#: Default steps per family (chosen to fit 30 minutes on the 2-core CPU: docs/micro.md).
+#: Default steps per family: what fit 30 minutes when the two were trained side by side, one thread each.
 DEFAULT_STEPS = {"llava": 950, "internvl": 950}
