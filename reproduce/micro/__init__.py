@@ -7,7 +7,8 @@ scenes, so that runs without a GPU and without the real weights print meaningful
   :mod:`reproduce.benchmarks` put items into the real data sets' schemas (their ``micro`` builders);
 - :mod:`reproduce.micro.models`: the micro models' configurations, tokenizer and processors;
 - :mod:`reproduce.micro.teach`: what the models learn from (each task's prompts, answers, streams);
-- :mod:`reproduce.micro.train`: ``python -m reproduce.micro train --family llava`` (resumable);
+- :mod:`reproduce.micro.train`: ``python -m reproduce.micro train --family llava`` (resumable), with the
+  labels of its training-only auxiliary losses in :mod:`reproduce.micro.aids`;
 - :mod:`reproduce.micro.evaluate` and :mod:`reproduce.micro.card`: held-out accuracy, the model card;
 - :mod:`reproduce.micro.bias`: positional bias of a micro model and what debiasing changes.
 
