@@ -293,7 +293,8 @@ def _make_class():
                     attn_implementation=attn_implementation, max_tiles=self.max_tiles)
             self.fingerprint = run_fingerprint(pretrained=pretrained, revision=revision, method=self.method,
                                                budget=budget, config=config, dtype=dtype, prior=prior,
-                                               max_tiles=self.max_tiles, max_new_tokens_cap=self.max_new_tokens_cap)
+                                               max_tiles=self.max_tiles, max_new_tokens_cap=self.max_new_tokens_cap,
+                                               attn_implementation=attn_implementation)
             self.cache_path = pathlib.Path(cache) if cache else None
             self._cache: SampleCache | None = None
             if self.cache_path is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:

@@ -67,16 +67,18 @@ def method_settings(method: str | None) -> dict | None:
 
 
 def run_fingerprint(*, pretrained: str, revision: str | None, method: str | None, budget: Any, config: str,
-                    dtype: str, prior: str | None, max_tiles: int, max_new_tokens_cap: int | None) -> dict:
+                    dtype: str, prior: str | None, max_tiles: int, max_new_tokens_cap: int | None,
+                    attn_implementation: str | None = None) -> dict:
     """What identifies a run's answers: the answer cache refuses a file of another fingerprint, and a cell
     record of another fingerprint is computed again. The prior counts only for the methods that read it
-    (:func:`uses_prior`)."""
+    (:func:`uses_prior`); the attention implementation counts because kernels differ in rounding, which
+    can flip a greedy answer."""
     reads_prior = uses_prior(method) and prior
     return {"pretrained": pretrained, "revision": revision, "method": method,
             "method_settings": method_settings(method),
             "budget": budget if method else None, "config": config, "dtype": dtype,
             "prior_sha256": file_sha256(prior) if reads_prior else None, "max_tiles": int(max_tiles),
-            "max_new_tokens_cap": max_new_tokens_cap}
+            "max_new_tokens_cap": max_new_tokens_cap, "attn_implementation": attn_implementation}
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -231,14 +233,18 @@ def describe_holder(holder: dict) -> str:
 
 def cell_fingerprint(*, spec: dict, row, bench, limit: int | None, world_size: int, adapter_kwargs: dict) -> dict:
     """What makes a cell's value: spec version, task, metric, limit, process count and the run's fingerprint
-    (checkpoint, revision, method, budget, configuration, dtype, prior hash, tile limit)."""
+    (checkpoint, revision, method, budget, configuration, dtype, prior hash, tile limit, and the attention
+    implementation the row runs with on ``adapter_kwargs["device"]``: :func:`reproduce.cell.row_attention`)."""
+    from reproduce.cell import row_attention
+
+    attn, _ = row_attention(spec, row, adapter_kwargs["device"])
     return {"spec_version": spec["spec_version"], "task": bench.task, "metric": bench.metric, "limit": limit,
             "world_size": world_size,
             "run": run_fingerprint(
                 pretrained=adapter_kwargs["pretrained"], revision=adapter_kwargs["revision"], method=row.key,
                 budget=row.budget_to_run if row.key else None, config=adapter_kwargs["config"], dtype=adapter_kwargs["dtype"],
                 prior=adapter_kwargs["prior"], max_tiles=adapter_kwargs["max_tiles"],
-                max_new_tokens_cap=adapter_kwargs["max_new_tokens_cap"])}
+                max_new_tokens_cap=adapter_kwargs["max_new_tokens_cap"], attn_implementation=attn)}
 
 
 def reusable_record(record_path: pathlib.Path, cell: dict, quiet: bool = False) -> dict | None:

@@ -386,3 +386,27 @@ def test_rows_run_their_attention_the_unpruned_the_fastest_pruned_what_the_hooks
     assert name == "eager" and "sdpa: not supported here (supported: eager)" in why
     assert attention_of(model) == "eager" and model.config.vision_config._attn_implementation == "sdpa"
     assert cell.row_attention(spec, Row("FastV", "64", "fastv"), "cpu")[0] == "eager"  # without a model: the choice
+
+
+def test_a_cells_fingerprint_names_the_attention_its_row_runs_with(monkeypatch):
+    """Kernels round differently, so answers cached under one attention implementation are not reused
+    under another: the cell's run fingerprint carries the row's choice (the adapter's carries the one it
+    was built with, the same)."""
+    from d2pruner.models import handle
+    from reproduce.benchmarks import all_benchmarks
+
+    spec = {"spec_version": 1, "model": {"attn_implementation": ["flash_attention_2", "sdpa", "eager"]}}
+    kwargs = dict(pretrained="m", revision=None, config="default", dtype="float32", prior=None, max_tiles=1,
+                  max_new_tokens_cap=None, device="cpu")
+    bench = all_benchmarks()[0]
+
+    def fingerprint(row):
+        return records.cell_fingerprint(spec=spec, row=row, bench=bench, limit=2, world_size=1,
+                                        adapter_kwargs=kwargs)["run"]["attn_implementation"]
+
+    monkeypatch.setattr(handle, "SUPPORTED_ATTENTION", ("eager",))
+    assert fingerprint(Row("Vanilla", "576", None)) == "sdpa"
+    assert fingerprint(Row("FastV", "64", "fastv")) == "eager"
+    base = {k: v for k, v in kwargs.items() if k != "device"}
+    assert (records.run_fingerprint(method="fastv", budget="64", attn_implementation="eager", **base)
+            != records.run_fingerprint(method="fastv", budget="64", attn_implementation="sdpa", **base))
