@@ -82,7 +82,8 @@ def run_cell(*, spec: dict, row, bench, out: pathlib.Path, adapter_kwargs: dict,
     record_path, cache = records.cell_paths(out, row, bench)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     cell = records.cell_fingerprint(spec=spec, row=row, bench=bench, limit=limit, world_size=world_size,
-                                    adapter_kwargs=adapter_kwargs)
+                                    adapter_kwargs=adapter_kwargs,
+                                    attn_implementation=row_attention(spec, row, adapter_kwargs["device"])[0])
     if (record := records.reusable_record(record_path, cell)) is not None:
         return record
     from lmms_eval.evaluator import simple_evaluate

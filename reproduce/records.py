@@ -231,20 +231,18 @@ def describe_holder(holder: dict) -> str:
             + (f" (`{holder['command']}`)" if holder.get("command") else ""))
 
 
-def cell_fingerprint(*, spec: dict, row, bench, limit: int | None, world_size: int, adapter_kwargs: dict) -> dict:
+def cell_fingerprint(*, spec: dict, row, bench, limit: int | None, world_size: int, adapter_kwargs: dict,
+                     attn_implementation: str) -> dict:
     """What makes a cell's value: spec version, task, metric, limit, process count and the run's fingerprint
     (checkpoint, revision, method, budget, configuration, dtype, prior hash, tile limit, and the attention
-    implementation the row runs with on ``adapter_kwargs["device"]``: :func:`reproduce.cell.row_attention`)."""
-    from reproduce.cell import row_attention
-
-    attn, _ = row_attention(spec, row, adapter_kwargs["device"])
+    implementation the row runs with, :func:`reproduce.cell.row_attention`)."""
     return {"spec_version": spec["spec_version"], "task": bench.task, "metric": bench.metric, "limit": limit,
             "world_size": world_size,
             "run": run_fingerprint(
                 pretrained=adapter_kwargs["pretrained"], revision=adapter_kwargs["revision"], method=row.key,
                 budget=row.budget_to_run if row.key else None, config=adapter_kwargs["config"], dtype=adapter_kwargs["dtype"],
                 prior=adapter_kwargs["prior"], max_tiles=adapter_kwargs["max_tiles"],
-                max_new_tokens_cap=adapter_kwargs["max_new_tokens_cap"], attn_implementation=attn)}
+                max_new_tokens_cap=adapter_kwargs["max_new_tokens_cap"], attn_implementation=attn_implementation)}
 
 
 def reusable_record(record_path: pathlib.Path, cell: dict, quiet: bool = False) -> dict | None:

@@ -224,6 +224,7 @@ def recorded_cells(spec: dict, rows: list, cells: dict, out: pathlib.Path, limit
     is shown too, and its row with it, in the spec's row order.
     """
     from reproduce import records
+    from reproduce.cell import row_attention
     from reproduce.specs import benchmark_columns
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -238,7 +239,8 @@ def recorded_cells(spec: dict, rows: list, cells: dict, out: pathlib.Path, limit
             if not record_path.exists():
                 continue
             cell = records.cell_fingerprint(spec=spec, row=row, bench=bench, limit=limit, world_size=world_size,
-                                            adapter_kwargs=adapter_kwargs)
+                                            adapter_kwargs=adapter_kwargs,
+                                            attn_implementation=row_attention(spec, row, adapter_kwargs["device"])[0])
             record = records.reusable_record(record_path, cell, quiet=True)
             if record is not None:
                 earlier[(row.label, bench.name)] = record

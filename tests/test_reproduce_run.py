@@ -335,10 +335,13 @@ def _fake_run_cell(calls):
     def run_cell(*, spec, row, bench, out, adapter_kwargs, limit, include_path, env, provenance):
         import os as _os
 
+        from reproduce import cell as cell_module
+
         calls.append((row.label, bench.name))
         record_path, _ = records.cell_paths(out, row, bench)
         cell = records.cell_fingerprint(spec=spec, row=row, bench=bench, limit=limit,
-                                        world_size=int(_os.environ.get("WORLD_SIZE", "1")), adapter_kwargs=adapter_kwargs)
+                                        world_size=int(_os.environ.get("WORLD_SIZE", "1")), adapter_kwargs=adapter_kwargs,
+                                        attn_implementation=cell_module.row_attention(spec, row, "cpu")[0])
         if (old := records.reusable_record(record_path, cell)) is not None:
             return old
         record = {"cell": cell, "value": float(len(calls)), "n_samples": limit, "answers_sha256": f"h{len(calls)}"}
@@ -401,12 +404,12 @@ def test_a_cells_fingerprint_names_the_attention_its_row_runs_with(monkeypatch):
     bench = all_benchmarks()[0]
 
     def fingerprint(row):
-        return records.cell_fingerprint(spec=spec, row=row, bench=bench, limit=2, world_size=1,
-                                        adapter_kwargs=kwargs)["run"]["attn_implementation"]
+        return records.cell_fingerprint(spec=spec, row=row, bench=bench, limit=2, world_size=1, adapter_kwargs=kwargs,
+                                        attn_implementation=cell.row_attention(spec, row, "cpu")[0])["run"]
 
     monkeypatch.setattr(handle, "SUPPORTED_ATTENTION", ("eager",))
-    assert fingerprint(Row("Vanilla", "576", None)) == "sdpa"
-    assert fingerprint(Row("FastV", "64", "fastv")) == "eager"
+    assert fingerprint(Row("Vanilla", "576", None))["attn_implementation"] == "sdpa"
+    assert fingerprint(Row("FastV", "64", "fastv"))["attn_implementation"] == "eager"
     base = {k: v for k, v in kwargs.items() if k != "device"}
     assert (records.run_fingerprint(method="fastv", budget="64", attn_implementation="eager", **base)
             != records.run_fingerprint(method="fastv", budget="64", attn_implementation="sdpa", **base))

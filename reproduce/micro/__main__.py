@@ -1,5 +1,6 @@
 """``python -m reproduce.micro <command>``: ``train`` (a micro model from scratch), ``evaluate`` (a
-checkpoint's held-out accuracy against its model card)."""
+checkpoint's held-out accuracy against its model card), ``oracle`` (the language model alone, on oracle
+visual inputs), ``bias`` and ``scenes``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ USAGE = """python -m reproduce.micro <command> [options]
 Commands:
   train      train a micro model from scratch (python -m reproduce.micro train --help)
   evaluate   held-out accuracy of a micro checkpoint, checked against its model card
+  oracle     the language model alone, on oracle visual inputs (python -m reproduce.micro oracle --help)
   bias       positional bias of a micro model and what debiasing changes (python -m reproduce.micro bias --help)
   scenes     write N calibration scenes as PNG files: scenes OUT_DIR [N] (for the prior command)
 """
@@ -25,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         from reproduce.micro.train import main as run
     elif command == "evaluate":
         from reproduce.micro.evaluate import main as run
+    elif command == "oracle":
+        from reproduce.micro.oracle import main as run
     elif command == "bias":
         from reproduce.micro.bias import main as run
     elif command == "scenes":
@@ -37,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {len(paths)} scenes to {rest[0]}")
         return 0
     else:
-        print(f"error: unknown command {command!r}; available: train, evaluate, bias, scenes", file=sys.stderr)
+        print(f"error: unknown command {command!r}; available: train, evaluate, oracle, bias, scenes", file=sys.stderr)
         return 2
     return run(rest)
 

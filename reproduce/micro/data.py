@@ -40,7 +40,7 @@ def stream(name: str) -> int:
 
 
 #: Object counts of the scenes :func:`draw` makes when the caller does not say (the training
-#: curriculum narrows it for its first chunks: :func:`reproduce.micro.teach.curriculum`).
+#: curriculum narrows it for its first chunks: :data:`reproduce.micro.train.CURRICULUM`).
 OBJECTS = [(2, 5)]
 
 

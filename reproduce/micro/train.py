@@ -8,7 +8,7 @@ whole state (weights, optimizer, schedule position, loss history) is written ato
 same weights as one that was never killed.
 
 Aids for the 30-minute CPU budget, each measured necessary here (docs/micro.md): a curriculum
-(:attr:`Trainer.CURRICULUM`: short prompts and small scenes first), auxiliary losses on the projector's
+(:data:`CURRICULUM`: short prompts and small scenes first), auxiliary losses on the projector's
 output (which colour covers each quarter of each visual token's region, read from the pixels; the
 alignment of each token with the word embeddings of what it shows), both on heads that exist only in
 training, so the checkpoint is the unmodified architecture; and two length-sorted half batches per
@@ -40,24 +40,41 @@ __all__ = ["Settings", "build_tokenizer", "make_batch", "batch_loss", "Trainer",
 AUX_WEIGHT = 0.5
 
 
+#: The curriculum: (share of the steps until which it holds, scenes' object counts, share of examples
+#: asked in the short form), in order; the last entry runs to the end.
+CURRICULUM = ((0.2, (1, 2), 1.0), (0.45, (1, 3), 0.5), (1.0, (2, 5), 0.0))
+
+
 class Settings:
-    """The training settings (one place; the model card records them)."""
+    """The training settings (one place; the model card records them). ``mixture``: task -> weight
+    (default the family's, :data:`reproduce.micro.teach.MIXES`); ``curriculum``: as :data:`CURRICULUM`."""
 
     def __init__(self, family: str, seed: int = 0, steps: int = 1500, batch: int = 32, lr: float = 2e-3,
-                 warmup: int = 100, weight_decay: float = 0.01, clip: float = 1.0) -> None:
+                 warmup: int = 100, weight_decay: float = 0.01, clip: float = 1.0, mixture: dict | None = None,
+                 curriculum=CURRICULUM) -> None:
         if family not in models.FAMILIES:
             raise ValueError(f"--family {family!r}: micro models exist for {', '.join(models.FAMILIES)}")
         if steps < 1 or batch < 1:
             raise ValueError(f"steps={steps!r}, batch={batch!r}: both must be >= 1")
+        if mixture is not None:
+            known = set(teach.MIXES["llava"]) | set(teach.MIXES["internvl"])
+            bad = [k for k, v in mixture.items() if k not in known or not (isinstance(v, int) and v > 0)]
+            if bad or not mixture:
+                raise ValueError(f"mixture {mixture!r}: need positive int weights of tasks among {sorted(known)}")
+        curriculum = tuple((float(u), (int(o[0]), int(o[1])), float(sh)) for u, o, sh in curriculum)
+        if not curriculum or curriculum[-1][0] != 1.0 or any(not 1 <= lo <= hi <= 5 for _, (lo, hi), _ in curriculum):
+            raise ValueError(f"curriculum {curriculum!r}: need entries (until, (lo, hi), short share) ending at "
+                             "until 1.0, with 1 <= lo <= hi <= 5 objects")
         self.family, self.seed, self.steps, self.batch = family, int(seed), int(steps), int(batch)
         self.lr, self.warmup, self.weight_decay, self.clip = float(lr), int(warmup), float(weight_decay), float(clip)
+        self.mixture, self.curriculum = (dict(mixture) if mixture is not None else None), curriculum
 
     def as_dict(self) -> dict:
         return dict(vars(self))
 
     def mix(self) -> dict[str, int]:
-        """Examples per step of each task: the family's mixture scaled to :attr:`batch` (largest remainders)."""
-        base = teach.MIXES[self.family]
+        """Examples per step of each task: the mixture scaled to :attr:`batch` (largest remainders)."""
+        base = self.mixture or teach.MIXES[self.family]
         total = sum(base.values())
         exact = {k: v * self.batch / total for k, v in base.items()}
         counts = {k: int(math.floor(v)) for k, v in exact.items()}
@@ -166,15 +183,14 @@ class Trainer:
         self.model = models.build_model(settings.family, self.tokenizer, settings.seed)
         from d2pruner.models.tiny_parts import seeded
 
-        from reproduce.micro.scenes import COLOURS
-
         self.regions = models.token_regions(settings.family)
         with seeded(settings.seed + 1):
-            self.aux_head = torch.nn.Linear(self.model.config.text_config.hidden_size, 4 * (len(COLOURS) + 1))
+            self.extras = self.build_extras()
         self._projected: list = []
         self.model.model.multi_modal_projector.register_forward_hook(
             lambda m, i, o: self._projected.append(o) if self.model.training else None)
-        params = [*self.model.named_parameters(), *(("aux." + n, p) for n, p in self.aux_head.named_parameters())]
+        params = [*self.model.named_parameters(),
+                  *((f"{k}.{n}", p) for k, m in self.extras.items() for n, p in m.named_parameters())]
         decay = [p for n, p in params if p.ndim >= 2]
         rest = [p for n, p in params if p.ndim < 2]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
@@ -187,17 +203,22 @@ class Trainer:
                 raise ValueError(f"{self.state_path} was written with settings {state['settings']}, not "
                                  f"{settings.as_dict()}: use another --work folder or the same settings")
             self.model.load_state_dict(state["model"])
-            self.aux_head.load_state_dict(state["aux_head"])
+            for k, m in self.extras.items():
+                m.load_state_dict(state["extras"][k])
             self.opt.load_state_dict(state["opt"])
             self.step, self.losses, self.seconds = state["step"], state["losses"], state["seconds"]
 
-    #: The curriculum: (share of the steps, scenes' object counts, share of examples in the short form).
-    CURRICULUM = ((0.2, (1, 2), 1.0), (0.45, (1, 3), 0.5), (1.0, (2, 5), 0.0))
+    def build_extras(self) -> dict[str, torch.nn.Module]:
+        """Modules trained beside the model and saved in the state, never in the checkpoint: here the
+        auxiliary colour head (:meth:`step_loss`)."""
+        from reproduce.micro.scenes import COLOURS
+
+        return {"aux_head": torch.nn.Linear(self.model.config.text_config.hidden_size, 4 * (len(COLOURS) + 1))}
 
     def _objects(self, per_step: int, chunk: int) -> tuple[int, int]:
         """Object counts of a stream's chunk: by the share of training at which the chunk starts."""
         at = chunk * teach.CHUNK / per_step / self.s.steps
-        return next(objects for until, objects, _ in self.CURRICULUM if at < until or until == 1.0)
+        return next(objects for until, objects, _ in self.s.curriculum if at < until or until == 1.0)
 
     def short_form(self, step: int, n: int) -> list[bool]:
         """Which of a step's ``n`` examples are asked in the short form (the curriculum's share, by a draw
@@ -205,7 +226,7 @@ class Trainer:
         import numpy as np
 
         at = step / self.s.steps
-        share = next(short for until, _, short in self.CURRICULUM if at < until or until == 1.0)
+        share = next(short for until, _, short in self.s.curriculum if at < until or until == 1.0)
         return list(np.random.default_rng([self.s.seed, step]).random(n) < share)
 
     def examples(self, step: int) -> list[tuple]:
@@ -252,7 +273,7 @@ class Trainer:
             share = int(batch["answer_mask"][:, 1:].sum()) / tokens
             feats = self._projected[-1].reshape(len(idx), len(self.regions), -1)
             labels = colour_quadrants([examples[i][0] for i in idx], self.regions)
-            aux = torch.nn.functional.cross_entropy(self.aux_head(feats).reshape(labels.numel(), -1), labels.reshape(-1))
+            aux = torch.nn.functional.cross_entropy(self.extras["aux_head"](feats).reshape(labels.numel(), -1), labels.reshape(-1))
             aux = aux + self.align_loss(feats, [examples[i][0] for i in idx])
             part = loss * share + AUX_WEIGHT * aux * len(idx) / len(examples)
             part.backward()
@@ -279,7 +300,8 @@ class Trainer:
 
     def save_state(self) -> None:
         tmp = self.state_path.with_suffix(".tmp")
-        torch.save({"settings": self.s.as_dict(), "model": self.model.state_dict(), "aux_head": self.aux_head.state_dict(),
+        torch.save({"settings": self.s.as_dict(), "model": self.model.state_dict(),
+                    "extras": {k: m.state_dict() for k, m in self.extras.items()},
                     "opt": self.opt.state_dict(),
                     "step": self.step, "losses": self.losses, "seconds": self.seconds}, tmp)
         os.replace(tmp, self.state_path)
@@ -302,7 +324,8 @@ class Trainer:
                 group["lr"] = self.s.lr_at(self.step)
             self.opt.zero_grad(set_to_none=True)
             loss, right = self.step_loss(self.examples(self.step))
-            torch.nn.utils.clip_grad_norm_([*self.model.parameters(), *self.aux_head.parameters()], self.s.clip)
+            torch.nn.utils.clip_grad_norm_([*self.model.parameters(),
+                                            *(p for m in self.extras.values() for p in m.parameters())], self.s.clip)
             self.opt.step()
             self.losses.append(round(float(loss), 6))
             self.step += 1
