@@ -4,11 +4,12 @@ carry their own scene, and a language model can learn from them."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 
-from reproduce.micro import data, oracle, teach, train
+from reproduce.micro import data, models, oracle, teach, train
 from reproduce.micro.scenes import COLOURS
 
 pytestmark = pytest.mark.micro
@@ -20,6 +21,15 @@ def _examples(stock, n, objects=(2, 5), seed=1000):
         return teach.task_examples(stock, n, seed)
     finally:
         data.OBJECTS.pop()
+
+
+def _trainer(work, settings):
+    """An oracle trainer in ``work`` with the shipped InternVL tokenizer (not rebuilt from its corpus)."""
+    if not (work / "tokenizer").exists():
+        work.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(models.checkpoint_dir("internvl"), work / "tokenizer",
+                        ignore=lambda d, names: [n for n in names if not n.startswith(("tokenizer", "special_tokens"))])
+    return oracle.OracleTrainer(settings, work)
 
 
 def test_slots_list_every_object_and_sign_in_reading_order():
@@ -34,7 +44,7 @@ def test_slots_list_every_object_and_sign_in_reading_order():
 
 
 def test_splice_puts_each_scenes_slots_where_its_image_was(tmp_path):
-    trainer = oracle.OracleTrainer(train.Settings("internvl", steps=2, batch=4, mixture={"pope": 1}), tmp_path)
+    trainer = _trainer(tmp_path, train.Settings("internvl", steps=2, batch=4, mixture={"pope": 1}))
     examples = _examples("pope", 3)
     batch = train.make_batch("internvl", trainer.processor, examples, short=True)
     counts = [2, 5, 3]
@@ -57,13 +67,13 @@ def test_the_trainer_learns_from_the_slots_and_not_the_vision_tower(tmp_path):
     torch.set_num_threads(2)
     settings = train.Settings("internvl", steps=60, batch=16, warmup=6, mixture={"caption": 1},
                               curriculum=((1.0, (1, 1), 1.0),))
-    trainer = oracle.OracleTrainer(settings, tmp_path)
+    trainer = _trainer(tmp_path, settings)
     vision = {k: v.clone() for k, v in trainer.model.model.vision_tower.state_dict().items()}
     trainer.train(progress=False, heldout_every=60)
     check = json.loads((tmp_path / "progress.jsonl").read_text().splitlines()[-1])["heldout_exact"]["caption"]
     assert check["loss"] < 0.5 * check["loss_rotated"], check
     assert all(torch.equal(v, trainer.model.model.vision_tower.state_dict()[k]) for k, v in vision.items())
-    resumed = oracle.OracleTrainer(settings, tmp_path)
+    resumed = _trainer(tmp_path, settings)
     assert resumed.step == 60 and all(torch.equal(a, b) for a, b in zip(resumed.extras["slots"].parameters(),
                                                                           trainer.extras["slots"].parameters()))
 
