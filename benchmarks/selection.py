@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(got))
         return 0
     if args.quick:
-        args.n, args.b, args.d, args.repeats, args.video, args.ragged_d = [576], [1, 2], [64], 3, [2048], 64
+        args.n, args.b, args.d, args.repeats, args.video, args.video_d, args.ragged_d = [576], [1, 2], [64], 3, [2048], 256, 64
     config = D2PrunerConfig(spatial_weight=args.spatial_weight)
 
     meta = dict(command="python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
