@@ -142,3 +142,21 @@ def test_write_scenes(tmp_path):
     assert [p.name for p in paths] == ["scene_0000.png", "scene_0001.png", "scene_0002.png"]
     with pytest.raises(ValueError, match="split 'train'"):
         data.write_scenes(tmp_path, 1, split="train")
+
+
+def test_the_scene_registry_forgets_the_oldest_first_and_teach_refuses_a_forgotten_image(monkeypatch):
+    """A long run registers more scenes than the registry keeps: the ones just made (the chunk being
+    read) must be there; an image whose scene is gone is refused, never given to training without one."""
+    import numpy as np
+
+    from reproduce.micro import data, teach
+    from reproduce.micro.scenes import make_scene
+
+    monkeypatch.setattr(data, "REGISTERED", 5)
+    monkeypatch.setattr(data, "_SCENES", type(data._SCENES)())
+    scenes = [make_scene(np.random.default_rng(i)) for i in range(8)]
+    cells = [data.image_cell(s, f"s{i}") for i, s in enumerate(scenes)]
+    assert [data.scene_of(c["bytes"]) for c in cells] == [None] * 3 + scenes[3:]
+    assert teach._image(cells[-1]).micro_scene == scenes[-1]
+    with pytest.raises(RuntimeError, match="'s0.png': no scene registered"):
+        teach._image(cells[0])

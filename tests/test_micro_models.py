@@ -79,12 +79,16 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     straight = _trainer("internvl", tmp_path / "a", **small)
     straight.train(progress=False, heldout_every=0)
     first = _trainer("internvl", tmp_path / "b", **small)
-    first.train(until=2, save_every=1, progress=False, heldout_every=0)
+    first.train(until=2, save_every=1, log_every=1, progress=False, heldout_every=0)
+    with open(first.progress_path, "a") as f:  # it logged step 3, then died before saving its state
+        f.write(json.dumps({"step": 3, "loss": 9.0}) + "\n")
     del first  # the process dies here; a new one starts from the work folder
     resumed = train.Trainer(train.Settings("internvl", **small), tmp_path / "b")
     assert resumed.step == 2
-    resumed.train(progress=False, heldout_every=0)
+    resumed.train(progress=False, heldout_every=0, log_every=1)
     assert resumed.losses == straight.losses
+    logged = [json.loads(line) for line in resumed.progress_path.read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4] and logged[2]["loss"] == resumed.losses[2]
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="written with settings"):

@@ -14,6 +14,7 @@ True
 
 from __future__ import annotations
 
+import collections
 import functools
 import io
 import zlib
@@ -66,16 +67,20 @@ def scene_png(scene: Scene, side: int = SIDE) -> bytes:
     return buffer.getvalue()
 
 
-#: The scene of each PNG that :func:`image_cell` made, for training aids that need what the pixels show.
-_SCENES: dict[bytes, Scene] = {}
+#: The scene of each PNG that :func:`image_cell` made, for training aids that need what the pixels show:
+#: the newest :data:`REGISTERED` of them (the oldest are forgotten first, so the scenes of the chunk
+#: being generated are always there).
+_SCENES: collections.OrderedDict[bytes, Scene] = collections.OrderedDict()
+REGISTERED = 100_000
 
 
 def image_cell(scene: Scene, name: str) -> dict:
     """The value of an ``Image()`` column holding a rendered scene."""
     png = scene_png(scene)
-    if len(_SCENES) > 100_000:
-        _SCENES.clear()
     _SCENES[png] = scene
+    _SCENES.move_to_end(png)
+    while len(_SCENES) > REGISTERED:
+        _SCENES.popitem(last=False)
     return {"bytes": png, "path": f"{name}.png"}
 
 

@@ -116,6 +116,9 @@ def _image(cell: dict):
 
     image = Image.open(io.BytesIO(cell["bytes"]))
     image.micro_scene = scene_of(cell["bytes"])
+    if image.micro_scene is None:
+        raise RuntimeError(f"{cell.get('path')!r}: no scene registered for this image (made by another process, "
+                           "or forgotten: reproduce.micro.data.REGISTERED)")
     return image
 
 

@@ -207,6 +207,19 @@ class Trainer:
                 m.load_state_dict(state["extras"][k])
             self.opt.load_state_dict(state["opt"])
             self.step, self.losses, self.seconds = state["step"], state["losses"], state["seconds"]
+            self._forget_progress_after(self.step)
+
+    def _forget_progress_after(self, step: int) -> None:
+        """Drop the progress lines of steps after ``step`` (logged after the last saved state by a run that
+        was then killed; the resumed run logs them again)."""
+        if not self.progress_path.exists():
+            return
+        lines = self.progress_path.read_text(encoding="utf-8").splitlines()
+        keep = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        if len(keep) != len(lines):
+            tmp = self.progress_path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+            os.replace(tmp, self.progress_path)
 
     def build_extras(self) -> dict[str, torch.nn.Module]:
         """Modules trained beside the model and saved in the state, never in the checkpoint: here the
