@@ -81,9 +81,12 @@ def run_cell(*, spec: dict, row, bench, out: pathlib.Path, adapter_kwargs: dict,
 
     record_path, cache = records.cell_paths(out, row, bench)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    # the kernel the row runs with (the shared model is switched to it): the same one names the cell and
+    # the adapter's answer cache, so a rerun finds its own answers
+    shared = adapter_kwargs.get("model")
+    attn, passed_over = row_attention(spec, row, adapter_kwargs["device"], shared[0] if shared else None)
     cell = records.cell_fingerprint(spec=spec, row=row, bench=bench, limit=limit, world_size=world_size,
-                                    adapter_kwargs=adapter_kwargs,
-                                    attn_implementation=row_attention(spec, row, adapter_kwargs["device"])[0])
+                                    adapter_kwargs=adapter_kwargs, attn_implementation=attn)
     if (record := records.reusable_record(record_path, cell)) is not None:
         return record
     from lmms_eval.evaluator import simple_evaluate
@@ -98,8 +101,6 @@ def run_cell(*, spec: dict, row, bench, out: pathlib.Path, adapter_kwargs: dict,
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
     method, budget = row.key or "none", row.budget_to_run if row.key else None
-    shared = adapter_kwargs.get("model")
-    attn, passed_over = row_attention(spec, row, adapter_kwargs["device"], shared[0] if shared else None)
     vision = getattr(getattr(shared[0].config, "vision_config", None), "_attn_implementation", None) if shared else None
     provenance = {**provenance, "attn_implementation": attn, "attn_implementation_vision": vision,
                   "attn_passed_over": passed_over, "batch_size": adapter_kwargs["batch_size"]}

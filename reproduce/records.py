@@ -68,11 +68,12 @@ def method_settings(method: str | None) -> dict | None:
 
 def run_fingerprint(*, pretrained: str, revision: str | None, method: str | None, budget: Any, config: str,
                     dtype: str, prior: str | None, max_tiles: int, max_new_tokens_cap: int | None,
-                    attn_implementation: str | None = None) -> dict:
+                    attn_implementation: str) -> dict:
     """What identifies a run's answers: the answer cache refuses a file of another fingerprint, and a cell
     record of another fingerprint is computed again. The prior counts only for the methods that read it
-    (:func:`uses_prior`); the attention implementation counts because kernels differ in rounding, which
-    can flip a greedy answer."""
+    (:func:`uses_prior`); the language model's attention implementation counts because kernels differ in
+    rounding, which can flip a greedy answer (the vision tower's is the one the run loaded the model with,
+    the same for every row of a run on a device; a record's provenance names it)."""
     reads_prior = uses_prior(method) and prior
     return {"pretrained": pretrained, "revision": revision, "method": method,
             "method_settings": method_settings(method),

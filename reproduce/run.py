@@ -238,9 +238,10 @@ def recorded_cells(spec: dict, rows: list, cells: dict, out: pathlib.Path, limit
             record_path, _ = records.cell_paths(out, row, bench)
             if not record_path.exists():
                 continue
+            shared = adapter_kwargs.get("model")
+            attn, _ = row_attention(spec, row, adapter_kwargs["device"], shared[0] if shared else None)
             cell = records.cell_fingerprint(spec=spec, row=row, bench=bench, limit=limit, world_size=world_size,
-                                            adapter_kwargs=adapter_kwargs,
-                                            attn_implementation=row_attention(spec, row, adapter_kwargs["device"])[0])
+                                            adapter_kwargs=adapter_kwargs, attn_implementation=attn)
             record = records.reusable_record(record_path, cell, quiet=True)
             if record is not None:
                 earlier[(row.label, bench.name)] = record

@@ -81,7 +81,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     first = _trainer("internvl", tmp_path / "b", **small)
     first.train(until=2, save_every=1, log_every=1, progress=False, heldout_every=0)
     with open(first.progress_path, "a") as f:  # it logged step 3, then died before saving its state
-        f.write(json.dumps({"step": 3, "loss": 9.0}) + "\n")
+        f.write(json.dumps({"step": 3, "loss": 9.0}) + "\n" + '{"step": 4, "lo')  # the last line cut by the kill
     del first  # the process dies here; a new one starts from the work folder
     resumed = train.Trainer(train.Settings("internvl", **small), tmp_path / "b")
     assert resumed.step == 2

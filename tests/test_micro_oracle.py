@@ -64,7 +64,6 @@ def test_the_trainer_learns_from_the_slots_and_not_the_vision_tower(tmp_path):
     """One-object captions ("small red disk.") are read off the single slot: within 60 steps the answers'
     loss with each item's own scene falls far below the loss with another item's scene (which a wrong
     splice or a slot from the wrong scene would keep equal); the vision tower is never run."""
-    torch.set_num_threads(2)
     settings = train.Settings("internvl", steps=60, batch=16, warmup=6, mixture={"caption": 1},
                               curriculum=((1.0, (1, 1), 1.0),))
     trainer = _trainer(tmp_path, settings)
@@ -80,14 +79,21 @@ def test_the_trainer_learns_from_the_slots_and_not_the_vision_tower(tmp_path):
 
 def test_the_command_refuses_bad_objects_and_tasks(capsys, tmp_path):
     assert oracle.main(["--family", "llava", "--objects", "0,9", "--work", str(tmp_path)]) == 2
-    assert "--objects '0,9'" in capsys.readouterr().err
+    assert "(0, 9)" in capsys.readouterr().err  # the curriculum it would make names the counts
+    assert oracle.main(["--family", "llava", "--objects", "two", "--work", str(tmp_path)]) == 2
+    assert "--objects 'two'" in capsys.readouterr().err
     assert oracle.main(["--family", "llava", "--tasks", "pope,nope", "--work", str(tmp_path)]) == 2
     assert "'nope'" in capsys.readouterr().err
+    assert oracle.main(["--family", "llava", "--check-every", "0", "--work", str(tmp_path)]) == 2
+    assert "--check-every 0" in capsys.readouterr().err
 
 
 def test_settings_refuse_unknown_tasks_and_bad_curricula():
     with pytest.raises(ValueError, match="mixture"):
         train.Settings("llava", mixture={"pope": 0})
-    with pytest.raises(ValueError, match="curriculum"):
-        train.Settings("llava", curriculum=((0.5, (1, 2), 1.0),))
+    for bad in (((0.5, (1, 2), 1.0),), ((0.6, (1, 2), 1.0), (0.4, (2, 5), 0.0), (1.0, (2, 5), 0.0)),
+                ((1.0, (2, 5), 1.5),), ((1.0, (0, 5), 0.0),), ((1.0, 5),)):
+        with pytest.raises(ValueError, match="curriculum"):
+            train.Settings("llava", curriculum=bad)
+    assert "curriculum" not in train.Settings("llava").as_dict(), "defaults stay out (older cards and states match)"
     assert train.Settings("llava", mixture={"pope": 1, "gqa": 3}, batch=8).mix() == {"pope": 2, "gqa": 6}

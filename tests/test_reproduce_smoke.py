@@ -146,6 +146,9 @@ def test_a_record_of_another_configuration_is_evaluated_again(tmp_path):
     answers = record.with_name("POPE.answers.jsonl")
     before = answers.read_text().splitlines()
     assert json.loads(record.read_text())["n_samples"] == 2 and len(before) == 3
+    # the adapter's answer cache and the cell record name the same run, the row's attention kernel included
+    run = json.loads(record.read_text())["cell"]["run"]
+    assert json.loads(before[0])["fingerprint"] == run and run["attn_implementation"] == "sdpa"
     again = subprocess.run([sys.executable, "-m", "reproduce", *args, "--limit", "3"], cwd=ROOT, env=smoke_env(tmp_path),
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -177,7 +180,7 @@ def test_rows_that_do_not_read_the_prior_do_not_depend_on_it():
     from reproduce import adapter
 
     base = dict(pretrained="m", revision=None, budget="64", config="default", dtype="float16", max_tiles=12,
-                max_new_tokens_cap=None)
+                max_new_tokens_cap=None, attn_implementation="sdpa")
     prior = ROOT / "d2pruner" / "data" / "llava-1.5-7b-hf.json"
     for method in ("fastv", None):
         assert adapter.run_fingerprint(method=method, prior=None, **base) == adapter.run_fingerprint(method=method, prior=str(prior), **base)

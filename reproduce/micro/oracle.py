@@ -44,7 +44,8 @@ ATTRIBUTES = {"colour": 7, "shape": 6, "size": 3, "digit": 11, "x": 16, "y": 16}
 
 def things(scene) -> list[tuple]:
     """The scene's objects and digit signs in reading order (top to bottom, then left to right), each as
-    its attribute indices in :data:`ATTRIBUTES` order (1-based; 0 where it has none)."""
+    its attribute indices in :data:`ATTRIBUTES` order: colour, shape, size and digit 1-based (0 where it
+    has none), then the column and row bins (0-based) of its centre."""
     from reproduce.micro.scenes import COLOURS, GRID, SHAPES, SIZES
 
     colours, shapes, sizes = list(COLOURS), list(SHAPES), list(SIZES)
@@ -188,15 +189,24 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
-        lo, hi = (int(v) for v in args.objects.split(","))
+        try:
+            lo, hi = (int(v) for v in args.objects.split(","))
+        except ValueError:
+            raise ValueError(f"--objects {args.objects!r}: need LO,HI, two integers") from None
         mixture = None if not args.tasks else {t.strip(): 1 for t in args.tasks.split(",") if t.strip()}
         settings = train.Settings(args.family, args.seed, args.steps, args.batch, args.lr, warmup=min(100, args.steps // 10),
                                   mixture=mixture, curriculum=((1.0, (lo, hi), 0.0 if args.full_prompts else 1.0),))
+        if args.check_every < 1:
+            raise ValueError(f"--check-every {args.check_every!r}: need >= 1 (the report is the held-out checks)")
     except ValueError as err:
-        print(f"error: {err} (--objects {args.objects!r}, --tasks {args.tasks!r})", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
     work = args.work or pathlib.Path("work") / f"oracle-{args.family}"
-    trainer = OracleTrainer(settings, work)
+    try:
+        trainer = OracleTrainer(settings, work)
+    except ValueError as err:  # a work folder of other settings
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     trainer.train(heldout_every=args.check_every)
     checks = [json.loads(line) for line in trainer.progress_path.read_text(encoding="utf-8").splitlines()]
     from reproduce.micro.card import versions

@@ -61,16 +61,29 @@ class Settings:
             bad = [k for k, v in mixture.items() if k not in known or not (isinstance(v, int) and v > 0)]
             if bad or not mixture:
                 raise ValueError(f"mixture {mixture!r}: need positive int weights of tasks among {sorted(known)}")
-        curriculum = tuple((float(u), (int(o[0]), int(o[1])), float(sh)) for u, o, sh in curriculum)
-        if not curriculum or curriculum[-1][0] != 1.0 or any(not 1 <= lo <= hi <= 5 for _, (lo, hi), _ in curriculum):
-            raise ValueError(f"curriculum {curriculum!r}: need entries (until, (lo, hi), short share) ending at "
-                             "until 1.0, with 1 <= lo <= hi <= 5 objects")
+        try:
+            stages = tuple((float(u), (int(o[0]), int(o[1])), float(sh)) for u, o, sh in curriculum)
+        except (TypeError, ValueError):
+            stages = ()
+        untils = [u for u, _, _ in stages]
+        if (not stages or untils[-1] != 1.0 or untils != sorted(set(untils)) or untils[0] <= 0
+                or any(not 1 <= lo <= hi <= 5 or not 0.0 <= sh <= 1.0 for _, (lo, hi), sh in stages)):
+            raise ValueError(f"curriculum {curriculum!r}: need entries (until, (lo, hi), short share) with increasing "
+                             "until in (0, 1] ending at 1.0, 1 <= lo <= hi <= 5 objects and a share in [0, 1]")
+        curriculum = stages
         self.family, self.seed, self.steps, self.batch = family, int(seed), int(steps), int(batch)
         self.lr, self.warmup, self.weight_decay, self.clip = float(lr), int(warmup), float(weight_decay), float(clip)
         self.mixture, self.curriculum = (dict(mixture) if mixture is not None else None), curriculum
 
     def as_dict(self) -> dict:
-        return dict(vars(self))
+        """The settings as keyword arguments of :class:`Settings` (``mixture`` and ``curriculum`` only when
+        they are not the defaults, so work folders and cards of runs before they existed still match)."""
+        out = dict(vars(self))
+        if out["mixture"] is None:
+            del out["mixture"]
+        if out["curriculum"] == CURRICULUM:
+            del out["curriculum"]
+        return out
 
     def mix(self) -> dict[str, int]:
         """Examples per step of each task: the mixture scaled to :attr:`batch` (largest remainders)."""
@@ -203,19 +216,27 @@ class Trainer:
                 raise ValueError(f"{self.state_path} was written with settings {state['settings']}, not "
                                  f"{settings.as_dict()}: use another --work folder or the same settings")
             self.model.load_state_dict(state["model"])
+            saved = state.get("extras") or {"aux_head": state.get("aux_head")}  # states before extras: the head only
             for k, m in self.extras.items():
-                m.load_state_dict(state["extras"][k])
+                m.load_state_dict(saved[k])
             self.opt.load_state_dict(state["opt"])
             self.step, self.losses, self.seconds = state["step"], state["losses"], state["seconds"]
-            self._forget_progress_after(self.step)
+        self._forget_progress_after(self.step)  # also a fresh start's: lines of a run killed before its first save
 
     def _forget_progress_after(self, step: int) -> None:
         """Drop the progress lines of steps after ``step`` (logged after the last saved state by a run that
         was then killed; the resumed run logs them again)."""
         if not self.progress_path.exists():
             return
+
+        def logged(line: str) -> int | None:
+            try:
+                return int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+                return None
+
         lines = self.progress_path.read_text(encoding="utf-8").splitlines()
-        keep = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        keep = [line for line in lines if (n := logged(line)) is not None and n <= step]
         if len(keep) != len(lines):
             tmp = self.progress_path.with_suffix(".tmp")
             tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
